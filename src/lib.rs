@@ -1,0 +1,7 @@
+//! tern: a high-throughput durable SMTP relay. The library holds every stage
+//! so that the binary, the integration tests, the benches and the fuzz
+//! targets all drive the same code.
+
+pub mod envelope;
+pub mod smtp;
+pub mod spool;

@@ -1,0 +1,1 @@
+//! SMTP protocol code (being written).

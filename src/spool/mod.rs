@@ -1,0 +1,3 @@
+//! The durable spool (being written).
+pub mod error;
+pub use error::SpoolError;
