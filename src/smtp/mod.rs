@@ -1,1 +1,14 @@
-//! SMTP protocol code (being written).
+//! The server side of SMTP (RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+//! SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING, DSN and STARTTLS) as a sans-IO
+//! state machine: bytes in, replies and events out.
+//!
+//! Nothing in here may touch a socket, a clock, a thread or an async
+//! runtime; the runtime layer drives [`ServerSession`].
+
+pub mod command;
+pub mod data;
+pub mod reply;
+
+pub use command::{parse_command, Command, CommandError};
+pub use data::{ContentError, DataDecoder, Framing};
+pub use reply::{EnhancedStatus, Reply};
