@@ -63,7 +63,7 @@ pub struct Progress {
 }
 
 /// Decodes message content into a caller-owned buffer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct DataDecoder {
     framing: Framing,
     max_size: u64,

@@ -8,7 +8,9 @@
 pub mod command;
 pub mod data;
 pub mod reply;
+pub mod session;
 
 pub use command::{parse_command, Command, CommandError};
 pub use data::{ContentError, DataDecoder, Framing};
 pub use reply::{EnhancedStatus, Reply};
+pub use session::{IncomingMessage, ServerSession, SessionConfig, SessionEvent};
