@@ -733,3 +733,802 @@ fn command_error_reply(error: &CommandError) -> Reply {
         | CommandError::UnsupportedBody => Reply::new(555, status(5, 5, 4), text),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{BodyType, DsnRet, Notify};
+    use std::net::Ipv4Addr;
+
+    const HOST: &str = "mx.test.example";
+
+    fn config(starttls_available: bool) -> Arc<SessionConfig> {
+        Arc::new(SessionConfig {
+            hostname: HOST.into(),
+            max_message_size: 10_000,
+            max_recipients: RECIPIENTS_MIN,
+            starttls_available,
+            command_timeout: COMMAND_TIMEOUT_DEFAULT,
+            data_timeout: DATA_TIMEOUT_DEFAULT,
+        })
+    }
+
+    fn new_session(starttls_available: bool, tls_active: bool) -> ServerSession {
+        ServerSession::new(
+            config(starttls_available),
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+            tls_active,
+        )
+    }
+
+    /// What a session did over a script.
+    #[derive(Debug, PartialEq)]
+    struct Transcript {
+        output: String,
+        messages: Vec<IncomingMessage>,
+        starttls: usize,
+        closed: bool,
+    }
+
+    impl Transcript {
+        fn replies(&self) -> Vec<&str> {
+            self.output
+                .split("\r\n")
+                .filter(|l| !l.is_empty())
+                .collect()
+        }
+        fn codes(&self) -> Vec<&str> {
+            self.replies()
+                .iter()
+                .map(|l| l.get(..3).unwrap_or(l))
+                .collect()
+        }
+    }
+
+    /// Drives `session` like a runtime would: each chunk is received, then
+    /// polled until the session needs input; messages are stored with ids
+    /// Q1, Q2, ...; STARTTLS handshakes succeed at once.
+    fn drive<'a>(
+        session: &mut ServerSession,
+        chunks: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Transcript {
+        let mut transcript = Transcript {
+            output: String::new(),
+            messages: Vec::new(),
+            starttls: 0,
+            closed: false,
+        };
+        'chunks: for chunk in chunks {
+            session.receive(chunk);
+            loop {
+                match session.poll() {
+                    SessionEvent::NeedInput => break,
+                    SessionEvent::Message(message) => {
+                        transcript.messages.push(*message);
+                        let id = format!("Q{}", transcript.messages.len());
+                        session.message_stored(Ok(id));
+                    }
+                    SessionEvent::StartTls => {
+                        transcript.starttls += 1;
+                        session.tls_started();
+                    }
+                    SessionEvent::Close => {
+                        transcript.closed = true;
+                        break 'chunks;
+                    }
+                }
+            }
+        }
+        transcript
+            .output
+            .push_str(&String::from_utf8_lossy(session.output()));
+        session.consume_output(usize::MAX);
+        transcript
+    }
+
+    fn run_with(session: &mut ServerSession, script: &[u8]) -> Transcript {
+        drive(session, [script])
+    }
+
+    /// Runs `script` all at once and one byte at a time; both must agree.
+    fn run(script: &[u8]) -> Transcript {
+        let whole = run_with(&mut new_session(false, false), script);
+        let bytewise = drive(&mut new_session(false, false), script.chunks(1));
+        assert_eq!(whole, bytewise, "byte-at-a-time differs for {script:?}");
+        whole
+    }
+
+    const HELLO: &str = "EHLO client.example\r\n";
+    const EHLO_LINES: usize = 8;
+
+    /// Replies after the greeting and the EHLO block.
+    fn after_ehlo(t: &Transcript) -> Vec<&str> {
+        t.replies().into_iter().skip(1 + EHLO_LINES).collect()
+    }
+
+    fn script(lines: &[&str]) -> Vec<u8> {
+        lines.concat().into_bytes()
+    }
+
+    #[test]
+    fn greeting_is_queued_at_once() {
+        let session = new_session(false, false);
+        assert_eq!(session.output(), b"220 mx.test.example ESMTP tern\r\n");
+    }
+
+    #[test]
+    fn ehlo_lists_extensions_and_starttls_only_when_available_and_not_active() {
+        let base = "250-mx.test.example\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n\
+                    250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n";
+        let greeting = "220 mx.test.example ESMTP tern\r\n";
+        let t = run_with(&mut new_session(true, false), HELLO.as_bytes());
+        assert_eq!(
+            t.output,
+            format!("{greeting}{base}250-DSN\r\n250 STARTTLS\r\n")
+        );
+        for (available, active) in [(false, false), (true, true), (false, true)] {
+            let t = run_with(&mut new_session(available, active), HELLO.as_bytes());
+            assert_eq!(t.output, format!("{greeting}{base}250 DSN\r\n"));
+        }
+    }
+
+    #[test]
+    fn helo_has_no_extensions_and_both_need_an_argument() {
+        let t = run(b"HELO client.example\r\nHELO\r\nEHLO\r\n");
+        assert_eq!(
+            &t.replies()[1..],
+            [
+                "250 mx.test.example",
+                "501 5.5.4 Error: HELO requires an argument",
+                "501 5.5.4 Error: EHLO requires an argument",
+            ]
+        );
+    }
+
+    #[test]
+    fn second_ehlo_resets_the_transaction() {
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\n",
+            HELLO,
+            "RCPT TO:<c@d.example>\r\n",
+        ]));
+        let replies = t.replies();
+        assert_eq!(replies[1 + EHLO_LINES], "250 2.1.0 Ok");
+        assert_eq!(replies.last(), Some(&"503 5.5.1 Error: need MAIL command"));
+    }
+
+    #[test]
+    fn mail_sequence_errors() {
+        let t = run(&script(&[
+            "MAIL FROM:<a@b.example>\r\n",
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\n",
+            "MAIL FROM:<a@b.example>\r\n",
+        ]));
+        let replies = t.replies();
+        assert_eq!(replies[1], "503 5.5.1 Error: send HELO/EHLO first");
+        assert_eq!(
+            after_ehlo(&t)[1..],
+            ["250 2.1.0 Ok", "503 5.5.1 Error: nested MAIL command"]
+        );
+    }
+
+    #[test]
+    fn mail_parameter_and_syntax_replies() {
+        let cases: &[(&str, &str)] = &[
+            ("MAIL FROM:<> SIZE=10000", "250 2.1.0"),
+            ("MAIL FROM:<> SIZE=10001", "552 5.3.4"),
+            ("MAIL FROM:<> BODY=BINARYMIME", "555 5.5.4"),
+            ("MAIL FROM:<> BODY=8BITMIME", "250 2.1.0"),
+            ("MAIL FROM:<> XFOO=1", "555 5.5.4"),
+            ("MAIL FROM:<> RET=FULL RET=HDRS", "555 5.5.4"),
+            ("MAIL FROM:<> RET=ALL", "501 5.5.4"),
+            ("MAIL FROM:<> ENVID=a+0Ab", "501 5.5.4"),
+            ("MAIL FROM:a@b.example", "501 5.5.2"),
+            ("MAIL FROM<a@b.example>", "501 5.5.2"),
+            ("MAIL FROM:<a@@b.example>", "553 5.1.7"),
+            ("MAIL FROM:<jöran@b.example>", "553 5.6.7"),
+            ("MAIL FROM:<jöran@b.example> SMTPUTF8", "250 2.1.0"),
+            (
+                "MAIL FROM:<a@b.example> SMTPUTF8 RET=HDRS ENVID=x",
+                "250 2.1.0",
+            ),
+        ];
+        for (command, expected) in cases {
+            let t = run(format!("{HELLO}{command}\r\n").as_bytes());
+            let reply = after_ehlo(&t)[0];
+            assert!(reply.starts_with(expected), "{command}: {reply}");
+        }
+    }
+
+    #[test]
+    fn parameters_need_ehlo() {
+        let t = run(b"HELO c.example\r\nMAIL FROM:<> SIZE=10\r\nMAIL FROM:<>\r\nRCPT TO:<u@d.example> NOTIFY=NEVER\r\nRCPT TO:<u@d.example>\r\n");
+        assert_eq!(t.codes()[2..], ["555", "250", "555", "250"]);
+    }
+
+    #[test]
+    fn rcpt_replies() {
+        let cases: &[(&str, &str)] = &[
+            ("RCPT TO:<u@d.example>", "250 2.1.5 Ok"),
+            ("RCPT TO:<Postmaster>", "250 2.1.5 Ok"),
+            ("RCPT TO:u@d.example", "501 5.5.2"),
+            ("RCPT TO:<u@>", "553 5.1.3"),
+            ("RCPT TO:<>", "553 5.1.3"),
+            ("RCPT TO:<u@d.example> NOTIFY=NEVER,DELAY", "501 5.5.4"),
+            ("RCPT TO:<u@d.example> FOO=1", "555 5.5.4"),
+            ("RCPT TO:<ü@d.example>", "553 5.6.7"),
+        ];
+        for (command, expected) in cases {
+            let t = run(format!("{HELLO}MAIL FROM:<>\r\n{command}\r\n").as_bytes());
+            let reply = after_ehlo(&t)[1];
+            assert!(reply.starts_with(expected), "{command}: {reply}");
+        }
+        let t = run(format!("{HELLO}RCPT TO:<u@d.example>\r\n").as_bytes());
+        assert_eq!(after_ehlo(&t), ["503 5.5.1 Error: need MAIL command"]);
+    }
+
+    #[test]
+    fn recipient_limit() {
+        let mut lines = String::from(HELLO);
+        lines.push_str("MAIL FROM:<a@b.example>\r\n");
+        for i in 0..=RECIPIENTS_MIN {
+            lines.push_str(&format!("RCPT TO:<u{i}@d.example>\r\n"));
+        }
+        lines.push_str("DATA\r\nx\r\n.\r\n");
+        let t = run(lines.as_bytes());
+        let replies = after_ehlo(&t);
+        assert_eq!(replies[RECIPIENTS_MIN], "250 2.1.5 Ok");
+        assert_eq!(
+            replies[RECIPIENTS_MIN + 1],
+            "452 4.5.3 Error: too many recipients"
+        );
+        assert_eq!(t.messages.len(), 1);
+        assert_eq!(t.messages[0].envelope.recipients.len(), RECIPIENTS_MIN);
+    }
+
+    #[test]
+    fn full_transaction_builds_the_envelope() {
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<@r.example:a@b.example> SIZE=20 BODY=8BITMIME RET=HDRS ENVID=id+2B1\r\n",
+            "RCPT TO:<u@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;u+2Bx@d.example\r\n",
+            "RCPT TO:<Postmaster>\r\n",
+            "DATA\r\n",
+            "Subject: hi\r\n\r\n..dot\r\nbody\r\n.\r\n",
+            "QUIT\r\n",
+        ]));
+        assert_eq!(
+            after_ehlo(&t),
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as Q1",
+                "221 2.0.0 Bye",
+            ]
+        );
+        assert!(t.closed);
+        let message = &t.messages[0];
+        assert_eq!(message.data, b"Subject: hi\r\n\r\n.dot\r\nbody\r\n");
+        let envelope = &message.envelope;
+        assert_eq!(envelope.sender, "a@b.example");
+        assert_eq!(envelope.body, BodyType::EightBitMime);
+        assert_eq!(envelope.ret, Some(DsnRet::Headers));
+        assert_eq!(envelope.envid.as_deref(), Some("id+1"));
+        assert_eq!(envelope.declared_size, Some(20));
+        assert!(!envelope.smtputf8);
+        assert_eq!(envelope.received_at_ms, 0);
+        assert_eq!(
+            envelope.recipients,
+            [
+                Recipient {
+                    address: "u@d.example".into(),
+                    notify: Notify {
+                        explicit: true,
+                        success: true,
+                        failure: true,
+                        delay: false
+                    },
+                    orcpt: Some("rfc822;u+x@d.example".into()),
+                },
+                Recipient {
+                    address: "Postmaster".into(),
+                    notify: Notify::default(),
+                    orcpt: None,
+                },
+            ]
+        );
+        assert_eq!(
+            envelope.client,
+            ClientInfo {
+                ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+                helo: "client.example".into(),
+                esmtp: true,
+                tls: false,
+                auth: None,
+            }
+        );
+    }
+
+    #[test]
+    fn null_sender_and_empty_message() {
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nDATA\r\n.\r\n",
+        ]));
+        assert_eq!(t.messages.len(), 1);
+        assert_eq!(t.messages[0].envelope.sender, "");
+        assert!(t.messages[0].data.is_empty());
+    }
+
+    #[test]
+    fn data_sequence_errors() {
+        let t = run(&script(&[
+            HELLO,
+            "DATA\r\n",
+            "MAIL FROM:<>\r\n",
+            "DATA\r\n",
+            "DATA now\r\n",
+        ]));
+        assert_eq!(
+            after_ehlo(&t),
+            [
+                "503 5.5.1 Error: need MAIL command",
+                "250 2.1.0 Ok",
+                "554 5.5.1 Error: no valid recipients",
+                "501 5.5.4 Error: DATA takes no argument",
+            ]
+        );
+    }
+
+    #[test]
+    fn pipelined_batch_gets_all_replies_in_one_poll() {
+        let mut session = new_session(false, false);
+        session.consume_output(usize::MAX);
+        session.receive(
+            b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\n\
+              RCPT TO:<v@d.example>\r\nDATA\r\n",
+        );
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        let output = String::from_utf8_lossy(session.output()).into_owned();
+        assert!(output.ends_with(
+            "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+        ));
+        assert_eq!(session.read_timeout(), DATA_TIMEOUT_DEFAULT);
+    }
+
+    #[test]
+    fn message_waits_for_store_and_replies_stay_in_order() {
+        let mut session = new_session(false, false);
+        session.receive(
+            b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n",
+        );
+        let SessionEvent::Message(message) = session.poll() else {
+            panic!("expected a message");
+        };
+        assert_eq!(message.data, b"x\r\n");
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        assert!(!String::from_utf8_lossy(session.output()).contains("2.0.0 Ok"));
+        session.message_stored(Ok("ABC".into()));
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        assert!(String::from_utf8_lossy(session.output())
+            .ends_with("250 2.0.0 Ok: queued as ABC\r\n250 2.0.0 Ok\r\n"));
+    }
+
+    #[test]
+    fn storage_failures() {
+        let transaction = b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nDATA\r\nx\r\n.\r\n";
+        let full = SpoolError::Full { used: 1, limit: 1 };
+        let too_large = SpoolError::TooLarge {
+            len: 1,
+            segment_size: 1,
+        };
+        for (error, expected) in [
+            (full, "452 4.3.1 Error: insufficient system storage\r\n"),
+            (
+                too_large,
+                "552 5.3.4 Error: message too large for the spool\r\n",
+            ),
+        ] {
+            let mut session = new_session(false, false);
+            session.receive(transaction);
+            assert!(matches!(session.poll(), SessionEvent::Message(_)));
+            session.message_stored(Err(&error));
+            session.receive(b"RCPT TO:<u@d.example>\r\n");
+            assert!(matches!(session.poll(), SessionEvent::NeedInput));
+            let output = String::from_utf8_lossy(session.output()).into_owned();
+            assert!(
+                output.ends_with(&format!("{expected}503 5.5.1 Error: need MAIL command\r\n")),
+                "{output}"
+            );
+        }
+    }
+
+    #[test]
+    fn message_over_the_size_limit_is_read_to_the_end_and_refused() {
+        let body = "x".repeat(900);
+        let mut lines = String::from(HELLO);
+        lines.push_str("MAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nDATA\r\n");
+        for _ in 0..12 {
+            lines.push_str(&body);
+            lines.push_str("\r\n");
+        }
+        lines.push_str(".\r\nMAIL FROM:<>\r\n");
+        let t = run(lines.as_bytes());
+        assert!(t.messages.is_empty());
+        assert_eq!(
+            after_ehlo(&t)[3..],
+            [
+                "552 5.3.4 Error: message size exceeds fixed maximum message size",
+                "250 2.1.0 Ok",
+            ]
+        );
+    }
+
+    #[test]
+    fn smuggling_variants_never_yield_a_message_or_a_second_transaction() {
+        for smuggled in ["\n.\n", "\r.\n", "\n.\r\n", "\r\n.\r", "\r"] {
+            let t = run(&script(&[
+                HELLO,
+                "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\n",
+                "Subject: x\r\n\r\nhello",
+                smuggled,
+                "MAIL FROM:<evil@b.example>\r\nRCPT TO:<victim@d.example>\r\nDATA\r\nforged\r\n",
+                ".\r\n",
+                "RCPT TO:<u@d.example>\r\n",
+                "NOOP\r\n",
+            ]));
+            assert!(t.messages.is_empty(), "{smuggled:?}");
+            let replies = after_ehlo(&t);
+            assert_eq!(
+                replies[3..],
+                [
+                    "550 5.6.0 Error: bare <CR> or <LF> not allowed, lines must end with <CR><LF> (RFC 5321 2.3.8)",
+                    "503 5.5.1 Error: need MAIL command",
+                    "250 2.0.0 Ok",
+                ],
+                "{smuggled:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_text_line_is_refused_after_the_terminator() {
+        let long = "y".repeat(999);
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nDATA\r\n",
+            &long,
+            "\r\n.\r\nNOOP\r\n",
+        ]));
+        assert!(t.messages.is_empty());
+        assert_eq!(
+            after_ehlo(&t)[3..],
+            [
+                "550 5.6.0 Error: text line longer than 1000 octets (RFC 5321 4.5.3.1.6)",
+                "250 2.0.0 Ok",
+            ]
+        );
+    }
+
+    #[test]
+    fn command_line_too_long_discards_to_the_next_lf() {
+        let long = format!("NOOP {}QUIT\r\nNOOP\r\n", "x".repeat(COMMAND_LINE_MAX));
+        let t = run(long.as_bytes());
+        assert_eq!(
+            t.replies()[1..],
+            [
+                "500 5.5.2 Error: line too long (RFC 5321 4.5.3.1.4: 512 octets)",
+                "250 2.0.0 Ok",
+            ]
+        );
+        assert!(!t.closed);
+        // Exactly 512 octets including CRLF is still fine.
+        let fits = format!("NOOP {}\r\n", "x".repeat(COMMAND_LINE_MAX - 7));
+        assert_eq!(fits.len(), COMMAND_LINE_MAX);
+        assert_eq!(run(fits.as_bytes()).codes()[1..], ["250"]);
+        let over = format!("NOOP {}\r\n", "x".repeat(COMMAND_LINE_MAX - 6));
+        assert_eq!(run(over.as_bytes()).codes()[1..], ["500"]);
+    }
+
+    #[test]
+    fn long_line_without_lf_does_not_grow_the_buffer() {
+        let mut session = new_session(false, false);
+        for _ in 0..100 {
+            session.receive(&[b'x'; 1000]);
+            assert!(matches!(session.poll(), SessionEvent::NeedInput));
+            assert!(session.input.len() - session.input_pos < COMMAND_LINE_MAX);
+        }
+        session.receive(b"\r\nNOOP\r\n");
+        session.poll();
+        let output = String::from_utf8_lossy(session.output()).into_owned();
+        assert_eq!(output.matches("500 5.5.2").count(), 1);
+        assert!(output.ends_with("250 2.0.0 Ok\r\n"));
+    }
+
+    #[test]
+    fn control_characters_and_bare_lf_commands() {
+        let t = run(b"NO\0OP\r\nNOOP\nHELO\x01x\r\nFOO\r\n\r\n");
+        assert_eq!(
+            t.replies()[1..],
+            [
+                "500 5.5.2 Error: control character or invalid UTF-8 in command",
+                "250 2.0.0 Ok",
+                "500 5.5.2 Error: control character or invalid UTF-8 in command",
+                "500 5.5.2 Error: command unrecognized",
+                "500 5.5.2 Error: command unrecognized",
+            ]
+        );
+    }
+
+    #[test]
+    fn simple_commands() {
+        let t =
+            run(b"RSET\r\nnoop\r\nVRFY root\r\nEXPN staff\r\nHELP\r\nRSET x\r\nquit\r\nNOOP\r\n");
+        assert_eq!(
+            t.replies()[1..],
+            [
+                "250 2.0.0 Ok",
+                "250 2.0.0 Ok",
+                "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery",
+                "502 5.5.1 Error: EXPN not supported",
+                "214-2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT",
+                "214-2.0.0 RSET NOOP QUIT VRFY HELP STARTTLS",
+                "214 2.0.0 See RFC 5321",
+                "501 5.5.4 Error: RSET takes no argument",
+                "221 2.0.0 Bye",
+            ]
+        );
+        assert!(t.closed);
+    }
+
+    #[test]
+    fn rset_drops_the_transaction() {
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<>\r\nRSET\r\nRCPT TO:<u@d.example>\r\n",
+        ]));
+        assert_eq!(after_ehlo(&t)[2], "503 5.5.1 Error: need MAIL command");
+    }
+
+    #[test]
+    fn input_after_quit_or_timeout_is_ignored() {
+        let mut session = new_session(false, false);
+        session.receive(b"QUIT\r\n");
+        assert!(matches!(session.poll(), SessionEvent::Close));
+        session.receive(b"NOOP\r\n");
+        assert!(matches!(session.poll(), SessionEvent::Close));
+        assert!(String::from_utf8_lossy(session.output()).ends_with("221 2.0.0 Bye\r\n"));
+
+        let mut session = new_session(false, false);
+        assert_eq!(session.read_timeout(), COMMAND_TIMEOUT_DEFAULT);
+        session.timed_out();
+        session.receive(b"NOOP\r\n");
+        assert!(matches!(session.poll(), SessionEvent::Close));
+        assert!(matches!(session.poll(), SessionEvent::Close));
+        session.timed_out();
+        let output = String::from_utf8_lossy(session.output()).into_owned();
+        assert!(output.ends_with("421 4.4.2 mx.test.example Error: timeout exceeded\r\n"));
+        assert_eq!(output.matches("421").count(), 1);
+    }
+
+    #[test]
+    fn starttls_replies_when_unavailable_active_or_with_arguments() {
+        let t = run_with(&mut new_session(false, false), b"STARTTLS\r\n");
+        assert_eq!(t.replies()[1], "502 5.5.1 Error: STARTTLS not available");
+        let t = run_with(&mut new_session(true, true), b"STARTTLS\r\n");
+        assert_eq!(t.replies()[1], "503 5.5.1 Error: TLS already active");
+        let t = run_with(&mut new_session(true, false), b"STARTTLS now\r\n");
+        assert_eq!(
+            t.replies()[1],
+            "501 5.5.4 Error: STARTTLS takes no argument"
+        );
+        assert_eq!(t.starttls, 0);
+    }
+
+    #[test]
+    fn starttls_discards_pipelined_plaintext() {
+        let mut session = new_session(true, false);
+        session.receive(b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@b.example>\r\n");
+        assert!(matches!(session.poll(), SessionEvent::StartTls));
+        assert!(
+            String::from_utf8_lossy(session.output()).ends_with("220 2.0.0 Ready to start TLS\r\n")
+        );
+        // Plaintext arriving before the handshake completes is dropped too.
+        session.receive(b"RCPT TO:<u@d.example>\r\n");
+        session.consume_output(usize::MAX);
+        session.tls_started();
+        let t = run_with(
+            &mut session,
+            b"MAIL FROM:<a@b.example>\r\nEHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\nx\r\n.\r\n",
+        );
+        let replies = t.replies();
+        assert_eq!(replies[0], "503 5.5.1 Error: send HELO/EHLO first");
+        assert!(!t.output.contains("STARTTLS"));
+        assert!(t.output.contains("250 DSN\r\n"));
+        assert_eq!(t.messages.len(), 1);
+        assert!(t.messages[0].envelope.client.tls);
+    }
+
+    #[test]
+    fn bdat_multi_chunk() {
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\n",
+            "BDAT 10\r\nSubject: x",
+            "BDAT 11\r\n\r\n\r\n.body\r\n",
+            "BDAT 0 LAST\r\n",
+            "NOOP\r\n",
+        ]));
+        assert_eq!(
+            after_ehlo(&t),
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "250 2.0.0 10 octets received",
+                "250 2.0.0 11 octets received",
+                "250 2.0.0 Ok: queued as Q1",
+                "250 2.0.0 Ok",
+            ]
+        );
+        assert_eq!(t.messages[0].data, b"Subject: x\r\n\r\n.body\r\n");
+    }
+
+    #[test]
+    fn bdat_last_with_content_and_bdat_0_last_alone() {
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nBDAT 3 LAST\r\na\r\n",
+            "MAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nBDAT 0 LAST\r\n",
+        ]));
+        assert_eq!(t.messages.len(), 2);
+        assert_eq!(t.messages[0].data, b"a\r\n");
+        assert!(t.messages[1].data.is_empty());
+    }
+
+    #[test]
+    fn bdat_without_transaction_consumes_its_octets() {
+        let t = run(&script(&[
+            HELLO,
+            "BDAT 6\r\nQUIT\r\n",
+            "MAIL FROM:<>\r\nBDAT 6 LAST\r\nRSET\r\n",
+            "NOOP\r\n",
+        ]));
+        assert!(!t.closed);
+        assert_eq!(
+            after_ehlo(&t),
+            [
+                "503 5.5.1 Error: need MAIL command",
+                "250 2.1.0 Ok",
+                "503 5.5.1 Error: need RCPT command",
+                "250 2.0.0 Ok",
+            ]
+        );
+    }
+
+    #[test]
+    fn data_after_bdat_and_rcpt_after_bdat() {
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nBDAT 3\r\na\r\n",
+            "DATA\r\nRCPT TO:<v@d.example>\r\nBDAT 0 LAST\r\n",
+        ]));
+        assert_eq!(
+            after_ehlo(&t)[3..],
+            [
+                "503 5.5.1 Error: DATA after BDAT",
+                "503 5.5.1 Error: RCPT after BDAT",
+                "250 2.0.0 Ok: queued as Q1",
+            ]
+        );
+        assert_eq!(t.messages[0].envelope.recipients.len(), 1);
+    }
+
+    #[test]
+    fn bdat_content_rules() {
+        // Bare LF in a chunk: refused at that chunk, transaction dropped.
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nBDAT 4\r\na\nb\r",
+            "BDAT 1 LAST\r\n\n",
+        ]));
+        assert!(t.messages.is_empty());
+        assert_eq!(
+            after_ehlo(&t)[2..]
+                .iter()
+                .map(|r| &r[..9])
+                .collect::<Vec<_>>(),
+            ["550 5.6.0", "503 5.5.1"]
+        );
+        // Trailing bare CR at the end of the last chunk.
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nBDAT 2 LAST\r\na\r",
+        ]));
+        assert!(t.messages.is_empty());
+        assert!(after_ehlo(&t)[2].starts_with("550 5.6.0"));
+        // Over the size limit across chunks.
+        let chunk = "z".repeat(998) + "\r\n";
+        let mut lines = format!("{HELLO}MAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\n");
+        for _ in 0..11 {
+            lines.push_str(&format!("BDAT 1000\r\n{chunk}"));
+        }
+        lines.push_str("BDAT 0 LAST\r\n");
+        let t = run(lines.as_bytes());
+        assert!(t.messages.is_empty());
+        let replies = after_ehlo(&t);
+        assert_eq!(replies[11], "250 2.0.0 1000 octets received");
+        assert!(replies[12].starts_with("552 5.3.4"));
+        assert_eq!(replies[13], "503 5.5.1 Error: need MAIL command");
+    }
+
+    #[test]
+    fn bdat_bad_size_reads_on_as_commands() {
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nBDAT 1x\r\nRCPT TO:<v@d.example>\r\n",
+        ]));
+        assert_eq!(
+            after_ehlo(&t)[2..],
+            [
+                "501 5.5.4 Error: invalid BDAT chunk size",
+                "503 5.5.1 Error: need MAIL command",
+            ]
+        );
+    }
+
+    #[test]
+    fn read_timeout_follows_the_phase() {
+        let mut session = new_session(false, false);
+        session.receive(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nBDAT 5\r\nab");
+        session.poll();
+        assert_eq!(session.read_timeout(), DATA_TIMEOUT_DEFAULT);
+        session.receive(b"cde");
+        session.poll();
+        assert_eq!(session.read_timeout(), COMMAND_TIMEOUT_DEFAULT);
+    }
+
+    #[test]
+    fn consume_output_partially_and_beyond() {
+        let mut session = new_session(false, false);
+        session.consume_output(4);
+        assert_eq!(session.output(), b"mx.test.example ESMTP tern\r\n");
+        session.consume_output(10_000);
+        assert!(session.output().is_empty());
+    }
+
+    #[test]
+    fn data_consumed_is_not_kept() {
+        let mut session = new_session(false, false);
+        session.receive(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nDATA\r\n");
+        session.poll();
+        for _ in 0..5 {
+            session.receive(&b"line\r\n".repeat(100));
+            session.poll();
+        }
+        session.receive(b"x");
+        assert_eq!(session.input.len(), 1);
+    }
+
+    #[test]
+    fn byte_at_a_time_matches_whole_for_a_mixed_script() {
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example> SIZE=100\r\nRCPT TO:<u@d.example>\r\nDATA\r\n",
+            "..x\r\n.y\r\n\r\n.\r\n",
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\n",
+            "BDAT 4\r\n.\r\n\r",
+            "BDAT 1 LAST\r\n\n",
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\nbad\n.\nstill\r\n.\r\n",
+            "QUIT\r\n",
+        ]));
+        assert_eq!(t.messages.len(), 2);
+        assert_eq!(t.messages[0].data, b".x\r\ny\r\n\r\n");
+        assert_eq!(t.messages[1].data, b".\r\n\r\n");
+        assert_eq!(t.codes().last(), Some(&"221"));
+        assert!(t.output.contains("550 5.6.0"));
+    }
+}
