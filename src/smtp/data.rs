@@ -122,6 +122,7 @@ impl DataDecoder {
     /// In DATA framing, stops right after the terminator.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
         let mut pos = 0;
+        // Every `input[pos]` below is guarded by this loop condition.
         while pos < input.len() {
             match self.state {
                 State::LineStart => {

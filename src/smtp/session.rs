@@ -1531,4 +1531,54 @@ mod tests {
         assert_eq!(t.codes().last(), Some(&"221"));
         assert!(t.output.contains("550 5.6.0"));
     }
+
+    #[test]
+    fn random_scripts_never_panic_and_split_reads_agree() {
+        let fragments: [&[u8]; 22] = [
+            b"EHLO c\r\n",
+            b"HELO c\n",
+            b"MAIL FROM:<a@b.example>\r\n",
+            b"MAIL FROM:<> SIZE=5\r\n",
+            b"RCPT TO:<u@d.example>\r\n",
+            b"RCPT TO:<Postmaster>\r\n",
+            b"DATA\r\n",
+            b"BDAT 3\r\n",
+            b"BDAT 0 LAST\r\n",
+            b"BDAT 2 LAST\r\n",
+            b"x\r\n",
+            b".\r\n",
+            b"..\r\n",
+            b"\r",
+            b"\n",
+            b"\n.\n",
+            b"RSET\r\n",
+            b"NOOP\r\n",
+            b"\0",
+            b"STARTTLS\r\n",
+            b"QUIT\r\n",
+            &[b'q'; 300],
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..300 {
+            let mut script = Vec::new();
+            for _ in 0..30 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let pick = usize::try_from(seed % 22).unwrap_or(0);
+                script.extend_from_slice(fragments[pick]);
+            }
+            let t = run(&script);
+            assert!(t.output.ends_with("\r\n"));
+            for line in t.replies() {
+                let bytes = line.as_bytes();
+                assert!(
+                    bytes.len() >= 4
+                        && bytes[..3].iter().all(u8::is_ascii_digit)
+                        && (bytes[3] == b' ' || bytes[3] == b'-'),
+                    "malformed reply line {line:?}"
+                );
+            }
+        }
+    }
 }
