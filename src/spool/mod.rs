@@ -29,3 +29,6 @@ pub use store::{
 };
 pub use sync::Commit;
 pub use writer::SpoolWriter;
+
+#[cfg(test)]
+mod tests;

@@ -95,15 +95,29 @@ pub(crate) fn publish_gauges(shared: &Shared) {
         .set(shared.pool.free_segments() as f64);
 }
 
+/// What a writer needs a fresh segment for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Message,
+    RecipientUpdate,
+}
+
 /// Hands a ready segment to a writer, waiting for the preparer if none is
-/// ready. `Full` when none can be had within `max_size`.
-pub(crate) fn take_segment(shared: &Shared) -> Result<Arc<Segment>, SpoolError> {
+/// ready. `Full` when none can be had within `max_size`. The last ready
+/// segment is only given out for recipient updates: a full spool must
+/// still be able to record deliveries, which is what frees it.
+pub(crate) fn take_segment(shared: &Shared, purpose: Purpose) -> Result<Arc<Segment>, SpoolError> {
+    let held_back = match purpose {
+        Purpose::Message => 1,
+        Purpose::RecipientUpdate => 0,
+    };
     let pool = &shared.pool;
     let deadline = Instant::now() + TAKE_TIMEOUT;
     let mut state = lock(&pool.state);
     let mut seen_passes = state.passes;
     loop {
-        if let Some(segment) = state.ready.pop_front() {
+        let spare = state.ready.len() > held_back;
+        if let Some(segment) = spare.then(|| state.ready.pop_front()).flatten() {
             state.wanted = true;
             drop(state);
             pool.wake.notify_one();

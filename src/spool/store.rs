@@ -42,7 +42,8 @@ pub struct SpoolConfig {
     pub dir: PathBuf,
     /// Bytes per segment file; a multiple of 4096, at most 2 GiB.
     pub segment_size: u64,
-    /// Total bytes of segment files; 0 = unlimited.
+    /// Total bytes of segment files; 0 = unlimited, else at least two
+    /// segments (one is held back for recipient updates).
     pub max_size: u64,
 }
 
@@ -62,6 +63,22 @@ impl SpoolConfig {
             let source = io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("[spool] segment_size = {size}: must be a positive multiple of {SEGMENT_SIZE_UNIT}, at most {MAX_SEGMENT_SIZE}"),
+            );
+            return Err(SpoolError::Io {
+                path: self.dir.clone(),
+                source,
+            });
+        }
+        // One segment is held back for recipient updates, so messages need
+        // at least one more.
+        if self.max_size != 0 && self.max_size < 2 * size {
+            let source = io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "[spool] max_size = {}: must be 0 (unlimited) or at least two segments ({})",
+                    self.max_size,
+                    2 * size
+                ),
             );
             return Err(SpoolError::Io {
                 path: self.dir.clone(),
@@ -427,6 +444,14 @@ impl Spool {
             let _ = preparer.join();
         }
         lock(&self.lock_file).take();
+    }
+}
+
+impl fmt::Debug for Spool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spool")
+            .field("dir", &self.shared.config.dir)
+            .finish_non_exhaustive()
     }
 }
 

@@ -30,6 +30,7 @@ use super::SpoolError;
 /// Resolves once a record is durable, or with the error that prevented it.
 /// Works under any executor (plain tokio, tokio-uring).
 #[must_use = "a record is only durable once its Commit resolves"]
+#[derive(Debug)]
 pub struct Commit {
     rx: oneshot::Receiver<Result<(), SpoolError>>,
 }
@@ -163,6 +164,7 @@ fn commit_batch(shared: &Shared, batch: Vec<SyncJob>) {
         outcomes.push((seq, outcome));
     }
     let mut finished = Vec::new();
+    let mut durable = Vec::new();
     for job in batch {
         let outcome = outcomes
             .iter()
@@ -185,10 +187,7 @@ fn commit_batch(shared: &Shared, batch: Vec<SyncJob>) {
                         }
                     }
                 }
-                metrics::histogram!("tern_spool_commit_seconds")
-                    .record(job.queued_at.elapsed().as_secs_f64());
-                // The waiter may have given up; the record is durable anyway.
-                let _ = job.waiter.send(Ok(()));
+                durable.push((job.waiter, job.queued_at));
             }
             Err(failure) => {
                 metrics::counter!("tern_spool_commit_errors_total").increment(1);
@@ -203,7 +202,15 @@ fn commit_batch(shared: &Shared, batch: Vec<SyncJob>) {
             }
         }
     }
+    // Messages made final by this batch are marked dead before their
+    // updaters hear back, so a resolved final update means a finished
+    // message on disk too.
     finish(shared, finished);
+    for (waiter, queued_at) in durable {
+        metrics::histogram!("tern_spool_commit_seconds").record(queued_at.elapsed().as_secs_f64());
+        // The waiter may have given up; the record is durable anyway.
+        let _ = waiter.send(Ok(()));
+    }
 }
 
 /// Marks the MESSAGE records of messages that just became final as dead

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::id::QueueId;
 use super::index::LiveMessage;
-use super::pool::take_segment;
+use super::pool::{take_segment, Purpose};
 use super::record::{encode_message_head, encode_update, seal_record, UpdateRecord, HEADER_LEN};
 use super::segment::Segment;
 use super::state::RecipientState;
@@ -65,7 +65,7 @@ impl SpoolWriter {
                 segment_size: self.shared.config.segment_size,
             }
         })?;
-        let (segment, offset) = self.reserve(len)?;
+        let (segment, offset) = self.reserve(len, Purpose::Message)?;
         let id = QueueId::new(segment.seq(), offset).ok_or_else(|| self.exhausted(&segment))?;
         seal_record(&mut self.buf, segment.seq(), data);
         segment.write_at(&self.buf, offset)?;
@@ -114,7 +114,7 @@ impl SpoolWriter {
                 len: too_long.0 + HEADER_LEN as u64,
                 segment_size: self.shared.config.segment_size,
             })?;
-        let (segment, offset) = self.reserve(len)?;
+        let (segment, offset) = self.reserve(len, Purpose::RecipientUpdate)?;
         seal_record(&mut self.buf, segment.seq(), &[]);
         segment.write_at(&self.buf, offset)?;
         let changes = updates.to_vec();
@@ -138,7 +138,7 @@ impl SpoolWriter {
 
     /// Reserves `len` bytes in the active segment, rolling over to a fresh
     /// one when it is full or has failed. Returns the segment and offset.
-    fn reserve(&mut self, len: u64) -> Result<(Arc<Segment>, u64), SpoolError> {
+    fn reserve(&mut self, len: u64, purpose: Purpose) -> Result<(Arc<Segment>, u64), SpoolError> {
         let segment_size = self.shared.config.segment_size;
         if len > segment_size {
             return Err(SpoolError::TooLarge { len, segment_size });
@@ -158,7 +158,7 @@ impl SpoolWriter {
                     drop(old);
                     self.shared.pool.wake();
                 }
-                let segment = take_segment(&self.shared)?;
+                let segment = take_segment(&self.shared, purpose)?;
                 tracing::debug!(
                     core = self.core,
                     seq = segment.seq(),
