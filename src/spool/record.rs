@@ -12,12 +12,18 @@
 //! | 7      | reserved, 0                                         |
 //! | 8..16  | sequence number of the segment written into         |
 //! | 16..20 | payload length                                      |
-//! | 20..24 | CRC32C over bytes 0..6, 7..20 and the payload       |
+//! | 20..24 | CRC32C seeded with the segment's salt, over bytes   |
+//! |        | 0..6, 7..20 and the payload                         |
 //!
 //! The status byte is outside the CRC because it is the one byte ever
 //! rewritten in place: a one-byte write cannot tear, and a MESSAGE record
 //! marked dead stays a valid link in the chain of records while telling
 //! recovery that every recipient reached a final state.
+//!
+//! Each life of a segment has a random salt (kept in the segment header)
+//! that seeds every record CRC. A recycled segment still holds old bytes,
+//! some of them message data a sender chose; without the salt such data
+//! could be crafted to pass for a record of a later life.
 //!
 //! This module only encodes and decodes bytes. Decoding must never panic or
 //! over-allocate on arbitrary input (it is a fuzz target) and never does I/O.
@@ -119,6 +125,14 @@ pub struct UpdateRecord {
     pub changes: Vec<(u32, RecipientState)>,
 }
 
+/// Identifies one life of a segment: records must carry `seq` and be
+/// checksummed with `salt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentLife {
+    pub seq: u64,
+    pub salt: u64,
+}
+
 /// Aligned size of a record with this payload length.
 pub(crate) fn aligned_len(payload_len: u64) -> u64 {
     let raw = HEADER_LEN as u64 + payload_len;
@@ -126,23 +140,23 @@ pub(crate) fn aligned_len(payload_len: u64) -> u64 {
 }
 
 /// Decodes and fully validates (CRC included) the record at the start of
-/// `bytes`, which must carry `segment_seq` in its header.
-pub fn decode_record(bytes: &[u8], segment_seq: u64) -> Result<DecodedRecord<'_>, RecordError> {
-    decode(bytes, segment_seq, true)
+/// `bytes`, which must belong to segment life `life`.
+pub fn decode_record(bytes: &[u8], life: SegmentLife) -> Result<DecodedRecord<'_>, RecordError> {
+    decode(bytes, life, true)
 }
 
 /// Like [`decode_record`] but skips the CRC: only for records that were
 /// verified when recovered or written by this process.
 pub(crate) fn decode_verified(
     bytes: &[u8],
-    segment_seq: u64,
+    life: SegmentLife,
 ) -> Result<DecodedRecord<'_>, RecordError> {
-    decode(bytes, segment_seq, false)
+    decode(bytes, life, false)
 }
 
 fn decode(
     bytes: &[u8],
-    segment_seq: u64,
+    life: SegmentLife,
     check_crc: bool,
 ) -> Result<DecodedRecord<'_>, RecordError> {
     let header = bytes.get(..HEADER_LEN).ok_or(RecordError::Truncated {
@@ -174,9 +188,9 @@ fn decode(
         return Err(RecordError::Malformed("reserved header byte is not zero"));
     }
     let found = take.u64()?;
-    if found != segment_seq {
+    if found != life.seq {
         return Err(RecordError::WrongSeq {
-            expected: segment_seq,
+            expected: life.seq,
             found,
         });
     }
@@ -194,7 +208,7 @@ fn decode(
         .get(HEADER_LEN..HEADER_LEN + payload_len as usize)
         .unwrap_or(&[]);
     if check_crc {
-        let computed = checksum(header, payload);
+        let computed = checksum(life.salt, header, payload);
         if computed != stored {
             return Err(RecordError::BadCrc { stored, computed });
         }
@@ -210,12 +224,13 @@ fn decode(
     })
 }
 
-/// CRC32C over the header without its status byte and CRC field, then the
-/// payload.
-fn checksum(header: &[u8], payload: &[u8]) -> u32 {
+/// CRC32C seeded with the salt, over the header without its status byte
+/// and CRC field, then the payload.
+fn checksum(salt: u64, header: &[u8], payload: &[u8]) -> u32 {
     let before_status = header.get(..6).unwrap_or(&[]);
     let after_status = header.get(7..20).unwrap_or(&[]);
-    let crc = crc32c::crc32c(before_status);
+    let crc = crc32c::crc32c(&salt.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc, before_status);
     let crc = crc32c::crc32c_append(crc, after_status);
     crc32c::crc32c_append(crc, payload)
 }
@@ -232,15 +247,15 @@ fn put_header(buf: &mut Vec<u8>, kind: u8, payload_len: u32) {
     put.u32(0);
 }
 
-/// Completes a record encoded into `buf` (header first) for segment
-/// `segment_seq`: stores the seq and the CRC over the header, the rest of
-/// `buf` and `tail` (bytes written right after `buf`).
-pub(crate) fn seal_record(buf: &mut [u8], segment_seq: u64, tail: &[u8]) {
+/// Completes a record encoded into `buf` (header first) for segment life
+/// `life`: stores the seq and the CRC over the header, the rest of `buf`
+/// and `tail` (bytes written right after `buf`).
+pub(crate) fn seal_record(buf: &mut [u8], life: SegmentLife, tail: &[u8]) {
     if let Some(field) = buf.get_mut(8..16) {
-        field.copy_from_slice(&segment_seq.to_le_bytes());
+        field.copy_from_slice(&life.seq.to_le_bytes());
     }
     let (header, payload) = buf.split_at_mut(HEADER_LEN.min(buf.len()));
-    let crc = crc32c::crc32c_append(checksum(header, payload), tail);
+    let crc = crc32c::crc32c_append(checksum(life.salt, header, payload), tail);
     if let Some(field) = header.get_mut(20..24) {
         field.copy_from_slice(&crc.to_le_bytes());
     }
@@ -503,6 +518,13 @@ fn decode_update(payload: &[u8]) -> Result<UpdateRecord, RecordError> {
 pub(crate) mod tests {
     use super::*;
 
+    pub(crate) fn life(seq: u64) -> SegmentLife {
+        SegmentLife {
+            seq,
+            salt: 0x5EED_0000 ^ seq,
+        }
+    }
+
     pub(crate) fn sample_envelope(recipients: usize) -> Envelope {
         Envelope {
             sender: "alice@example.org".into(),
@@ -537,7 +559,7 @@ pub(crate) mod tests {
     fn message_bytes(seq: u64, envelope: &Envelope, data: &[u8]) -> Vec<u8> {
         let mut buf = Vec::new();
         let len = encode_message_head(&mut buf, envelope, data.len()).unwrap();
-        seal_record(&mut buf, seq, data);
+        seal_record(&mut buf, life(seq), data);
         buf.extend_from_slice(data);
         buf.resize(len as usize, 0);
         buf
@@ -548,7 +570,7 @@ pub(crate) mod tests {
         let mut buf = Vec::new();
         put_header(&mut buf, kind, payload.len() as u32);
         buf.extend_from_slice(payload);
-        seal_record(&mut buf, seq, &[]);
+        seal_record(&mut buf, life(seq), &[]);
         buf
     }
 
@@ -558,7 +580,7 @@ pub(crate) mod tests {
         let data = b"Subject: hi\r\n\r\nbody\r\n";
         let bytes = message_bytes(7, &envelope, data);
         assert_eq!(bytes.len() % RECORD_ALIGN as usize, 0);
-        let decoded = decode_record(&bytes, 7).unwrap();
+        let decoded = decode_record(&bytes, life(7)).unwrap();
         assert_eq!(decoded.len, bytes.len() as u64);
         let Record::Message(message) = decoded.record else {
             panic!("not a message")
@@ -580,7 +602,7 @@ pub(crate) mod tests {
         envelope.declared_size = None;
         envelope.client.auth = None;
         let bytes = message_bytes(1, &envelope, b"");
-        let Record::Message(message) = decode_record(&bytes, 1).unwrap().record else {
+        let Record::Message(message) = decode_record(&bytes, life(1)).unwrap().record else {
             panic!("not a message")
         };
         assert_eq!(message.envelope, envelope);
@@ -613,9 +635,9 @@ pub(crate) mod tests {
         };
         let mut buf = Vec::new();
         let len = encode_update(&mut buf, &update).unwrap();
-        seal_record(&mut buf, 3, &[]);
+        seal_record(&mut buf, life(3), &[]);
         buf.resize(len as usize, 0);
-        let decoded = decode_record(&buf, 3).unwrap();
+        let decoded = decode_record(&buf, life(3)).unwrap();
         assert_eq!(decoded.len, len);
         let Record::RecipientUpdate(back) = decoded.record else {
             panic!("not an update")
@@ -627,13 +649,13 @@ pub(crate) mod tests {
     fn dead_status_is_outside_the_crc() {
         let mut bytes = message_bytes(2, &sample_envelope(1), b"x");
         bytes[STATUS_OFFSET as usize] = STATUS_DEAD;
-        let Record::Message(message) = decode_record(&bytes, 2).unwrap().record else {
+        let Record::Message(message) = decode_record(&bytes, life(2)).unwrap().record else {
             panic!("not a message")
         };
         assert!(message.dead);
         bytes[STATUS_OFFSET as usize] = 0x55;
         assert_eq!(
-            decode_record(&bytes, 2).unwrap_err(),
+            decode_record(&bytes, life(2)).unwrap_err(),
             RecordError::BadStatus(0x55)
         );
     }
@@ -641,7 +663,7 @@ pub(crate) mod tests {
     #[test]
     fn rejects_truncated_header() {
         let bytes = message_bytes(1, &sample_envelope(1), b"data");
-        let err = decode_record(&bytes[..HEADER_LEN - 1], 1).unwrap_err();
+        let err = decode_record(&bytes[..HEADER_LEN - 1], life(1)).unwrap_err();
         assert_eq!(
             err,
             RecordError::Truncated {
@@ -649,18 +671,21 @@ pub(crate) mod tests {
                 have: HEADER_LEN - 1
             }
         );
-        assert!(decode_record(&[], 1).is_err());
+        assert!(decode_record(&[], life(1)).is_err());
     }
 
     #[test]
     fn rejects_bad_magic_and_version() {
         let mut bytes = message_bytes(1, &sample_envelope(1), b"data");
         bytes[0] ^= 0xFF;
-        assert_eq!(decode_record(&bytes, 1).unwrap_err(), RecordError::BadMagic);
+        assert_eq!(
+            decode_record(&bytes, life(1)).unwrap_err(),
+            RecordError::BadMagic
+        );
         let mut bytes = message_bytes(1, &sample_envelope(1), b"data");
         bytes[4] = 9;
         assert_eq!(
-            decode_record(&bytes, 1).unwrap_err(),
+            decode_record(&bytes, life(1)).unwrap_err(),
             RecordError::BadVersion(9)
         );
     }
@@ -672,22 +697,32 @@ pub(crate) mod tests {
         let mut envelope_flip = clean.clone();
         envelope_flip[HEADER_LEN + 10] ^= 1;
         assert!(matches!(
-            decode_record(&envelope_flip, 1),
+            decode_record(&envelope_flip, life(1)),
             Err(RecordError::BadCrc { .. })
         ));
-        let Record::Message(message) = decode_record(&clean, 1).unwrap().record else {
+        let Record::Message(message) = decode_record(&clean, life(1)).unwrap().record else {
             panic!("not a message")
         };
         let mut data_flip = clean.clone();
         data_flip[message.data_offset as usize] ^= 0x80;
         assert!(matches!(
-            decode_record(&data_flip, 1),
+            decode_record(&data_flip, life(1)),
             Err(RecordError::BadCrc { .. })
         ));
         let mut crc_flip = clean;
         crc_flip[20] ^= 1;
         assert!(matches!(
-            decode_record(&crc_flip, 1),
+            decode_record(&crc_flip, life(1)),
+            Err(RecordError::BadCrc { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_a_record_of_another_segment_life() {
+        let bytes = message_bytes(1, &sample_envelope(1), b"data");
+        let other_salt = SegmentLife { seq: 1, salt: 7 };
+        assert!(matches!(
+            decode_record(&bytes, other_salt),
             Err(RecordError::BadCrc { .. })
         ));
     }
@@ -696,7 +731,7 @@ pub(crate) mod tests {
     fn rejects_wrong_seq() {
         let bytes = message_bytes(1, &sample_envelope(1), b"data");
         assert_eq!(
-            decode_record(&bytes, 2).unwrap_err(),
+            decode_record(&bytes, life(2)).unwrap_err(),
             RecordError::WrongSeq {
                 expected: 2,
                 found: 1
@@ -709,7 +744,7 @@ pub(crate) mod tests {
         let bytes = message_bytes(1, &sample_envelope(1), b"some data");
         let cut = &bytes[..bytes.len() - 16];
         assert!(matches!(
-            decode_record(cut, 1),
+            decode_record(cut, life(1)),
             Err(RecordError::LengthPastEnd { .. })
         ));
     }
@@ -721,17 +756,17 @@ pub(crate) mod tests {
         let payload = [0xFFu8; 40];
         let message = raw_record(KIND_MESSAGE, 4, &payload);
         assert!(matches!(
-            decode_record(&message, 4),
+            decode_record(&message, life(4)),
             Err(RecordError::Malformed(_))
         ));
         let update = raw_record(KIND_RECIPIENT_UPDATE, 4, &payload);
         assert!(matches!(
-            decode_record(&update, 4),
+            decode_record(&update, life(4)),
             Err(RecordError::Malformed(_))
         ));
         let unknown_kind = raw_record(9, 4, &payload);
         assert_eq!(
-            decode_record(&unknown_kind, 4).unwrap_err(),
+            decode_record(&unknown_kind, life(4)).unwrap_err(),
             RecordError::BadKind(9)
         );
     }
@@ -739,7 +774,7 @@ pub(crate) mod tests {
     #[test]
     fn all_zero_header_is_empty() {
         assert_eq!(
-            decode_record(&[0u8; 64], 1).unwrap_err(),
+            decode_record(&[0u8; 64], life(1)).unwrap_err(),
             RecordError::Empty
         );
     }
@@ -753,9 +788,9 @@ pub(crate) mod tests {
             for flip in [0x01u8, 0x80, 0xFF] {
                 let mut mutated = bytes.clone();
                 mutated[i] ^= flip;
-                let _ = decode_record(&mutated, 1);
-                let _ = decode_verified(&mutated, 1);
-                let _ = decode_verified(&mutated[..i], 1);
+                let _ = decode_record(&mutated, life(1));
+                let _ = decode_verified(&mutated, life(1));
+                let _ = decode_verified(&mutated[..i], life(1));
             }
         }
         let mut state = 0x1234_5678_u32;
@@ -768,7 +803,7 @@ pub(crate) mod tests {
                     state as u8
                 })
                 .collect();
-            let _ = decode_verified(&noise, 1);
+            let _ = decode_verified(&noise, life(1));
         }
     }
 }

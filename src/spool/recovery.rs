@@ -16,8 +16,10 @@ use std::sync::Arc;
 
 use super::id::{QueueId, MAX_SEGMENT_SEQ, MAX_SEGMENT_SIZE};
 use super::index::LiveMessage;
-use super::record::{decode_record, Record, RecordError, UpdateRecord, HEADER_LEN, RECORD_ALIGN};
-use super::segment::{io_error, quarantine, sync_dir, Segment, SpoolFile};
+use super::record::{
+    decode_record, Record, RecordError, SegmentLife, UpdateRecord, HEADER_LEN, RECORD_ALIGN,
+};
+use super::segment::{io_error, quarantine, sync_dir, Header, Segment, SpoolFile, FIRST_RECORD};
 use super::SpoolError;
 
 /// What recovery hands to the spool.
@@ -60,22 +62,19 @@ fn list(dir: &Path) -> Result<Listing, SpoolError> {
     Ok(listing)
 }
 
-/// A file size and seq a segment can have: room for a header, whole
-/// aligned records, offsets and seq that fit a queue id.
+/// A file size and seq a segment can have: room for the segment header and
+/// a record header, whole aligned records, offsets and seq that fit a
+/// queue id.
 fn plausible(seq: u64, len: u64) -> bool {
-    len >= HEADER_LEN as u64
+    len >= FIRST_RECORD + HEADER_LEN as u64
         && len % RECORD_ALIGN == 0
         && len <= MAX_SEGMENT_SIZE
         && seq <= MAX_SEGMENT_SEQ
 }
 
-/// The file does not start like a tern segment of this format (as opposed
-/// to a torn or stale first record, which recovery wipes).
+/// The file does not start with a sound tern segment header.
 fn foreign(segment: &Segment) -> bool {
-    matches!(
-        decode_record(segment.bytes(), segment.seq()),
-        Err(RecordError::BadMagic | RecordError::BadVersion(_))
-    )
+    segment.header() == Header::Foreign
 }
 
 enum Found {
@@ -94,9 +93,9 @@ struct Tail {
 
 /// Walks the records of one segment. Records are chained by length, so
 /// the first invalid one ends the segment: nothing after it is trusted.
-fn scan(bytes: &[u8], seq: u64) -> (Vec<Found>, Option<Tail>) {
+fn scan(bytes: &[u8], life: SegmentLife) -> (Vec<Found>, Option<Tail>) {
     let mut found = Vec::new();
-    let mut offset = 0u64;
+    let mut offset = FIRST_RECORD;
     loop {
         let rest = usize::try_from(offset)
             .ok()
@@ -105,7 +104,7 @@ fn scan(bytes: &[u8], seq: u64) -> (Vec<Found>, Option<Tail>) {
         if rest.len() < HEADER_LEN {
             return (found, None);
         }
-        match decode_record(rest, seq) {
+        match decode_record(rest, life) {
             Ok(decoded) => {
                 found.push(match decoded.record {
                     Record::Message(m) => Found::Message {
@@ -133,7 +132,12 @@ fn collect(
     let mut messages = HashMap::new();
     let mut updates = Vec::new();
     for segment in segments {
-        let (found, tail) = scan(segment.bytes(), segment.seq());
+        // Without a header of this seq (blank, or caught mid-recycle) a
+        // segment holds no records of its current life.
+        let Some(life) = segment.life() else {
+            continue;
+        };
+        let (found, tail) = scan(segment.bytes(), life);
         if let Some(tail) = tail {
             let discarded = segment.len() - tail.offset;
             if writable {
@@ -266,6 +270,9 @@ pub(crate) fn scan_readonly(dir: &Path) -> Result<Vec<Scanned>, SpoolError> {
             continue;
         }
         match Segment::open(path.clone(), seq, false) {
+            Ok(segment) if foreign(&segment) => {
+                tracing::warn!(file = %path.display(), "not a tern spool segment; skipped");
+            }
             Ok(segment) => segments.push(Arc::new(segment)),
             Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
             Err(err) => return Err(io_error(&path)(err)),
@@ -287,7 +294,8 @@ mod tests {
     fn plausible_sizes() {
         assert!(plausible(1, 65536));
         assert!(!plausible(1, 0));
-        assert!(!plausible(1, HEADER_LEN as u64 - 8));
+        assert!(!plausible(1, FIRST_RECORD + HEADER_LEN as u64 - 8));
+        assert!(plausible(1, FIRST_RECORD + HEADER_LEN as u64));
         assert!(!plausible(1, 65537));
         assert!(!plausible(MAX_SEGMENT_SEQ + 1, 65536));
         assert!(!plausible(1, MAX_SEGMENT_SIZE + 8));
@@ -295,15 +303,16 @@ mod tests {
 
     #[test]
     fn scan_of_zeros_and_noise_finds_nothing_and_never_panics() {
-        let (found, tail) = scan(&[0u8; 4096], 1);
+        let life = SegmentLife { seq: 1, salt: 2 };
+        let (found, tail) = scan(&[0u8; 4096], life);
         assert!(found.is_empty() && tail.is_none());
         let noise: Vec<u8> = (0..4096u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
-        let (found, tail) = scan(&noise, 1);
+        let (found, tail) = scan(&noise, life);
         assert!(found.is_empty());
-        assert_eq!(tail.map(|t| t.offset), Some(0));
-        let (found, tail) = scan(&[1u8; 10], 1);
+        assert_eq!(tail.map(|t| t.offset), Some(FIRST_RECORD));
+        let (found, tail) = scan(&[1u8; 40], life);
         assert!(found.is_empty() && tail.is_none());
     }
 }

@@ -1,20 +1,28 @@
-//! One segment file: naming, zero-written creation, positioned writes,
-//! syncs and the read-only mapping that readers borrow message bytes from.
+//! One segment file: naming, zero-written creation, the segment header
+//! (seq and salt of the current life), positioned writes, syncs and the
+//! read-only mapping that readers borrow message bytes from.
+//!
+//! Segment header, 32 bytes at offset 0 (little-endian): magic `TRNS`,
+//! version (1), 3 zero bytes, seq (u64), salt (u64), CRC32C of bytes 0..24
+//! (u32), 4 zero bytes. Records follow from offset 32.
 //!
 //! This module only performs file operations on one segment; it must never
 //! decide which segment to use, recycle or delete (the pool and the spool
 //! do), and never truncates a file (a mapped file that shrinks would fault
 //! readers).
 
+use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions};
+use std::hash::BuildHasher;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use memmap2::Mmap;
 
-use super::record::{HEADER_LEN, STATUS_DEAD, STATUS_OFFSET};
+use super::record::{SegmentLife, STATUS_DEAD, STATUS_OFFSET};
 use super::SpoolError;
 
 const PREFIX: &str = "seg-";
@@ -25,6 +33,11 @@ const BAD_SUFFIX: &str = ".bad";
 /// wiping a discarded tail.
 const ZERO_CHUNK: usize = 1 << 20;
 static ZEROS: [u8; ZERO_CHUNK] = [0; ZERO_CHUNK];
+
+const HEADER_MAGIC: [u8; 4] = *b"TRNS";
+const HEADER_VERSION: u8 = 1;
+/// Bytes of the segment header; the first record starts here.
+pub(crate) const FIRST_RECORD: u64 = 32;
 
 /// What a file name in the spool directory says about the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +73,75 @@ impl SpoolFile {
     }
 }
 
+/// What the first bytes of a segment file say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Header {
+    /// A header of this segment's current life.
+    Valid(SegmentLife),
+    /// All zeros: never given a life, holds no records.
+    Blank,
+    /// A sound header naming another seq: the file was being recycled
+    /// (header rewritten, rename lost), so it holds nothing live.
+    Stale,
+    /// Not a tern segment header (or a damaged one): recovery sets the
+    /// file aside rather than guess.
+    Foreign,
+}
+
+fn header_bytes(life: SegmentLife) -> [u8; FIRST_RECORD as usize] {
+    let mut out = [0u8; FIRST_RECORD as usize];
+    out[..4].copy_from_slice(&HEADER_MAGIC);
+    out[4] = HEADER_VERSION;
+    out[8..16].copy_from_slice(&life.seq.to_le_bytes());
+    out[16..24].copy_from_slice(&life.salt.to_le_bytes());
+    let crc = crc32c::crc32c(&out[..24]);
+    out[24..28].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn read_header(bytes: &[u8], seq: u64) -> Header {
+    let Some(head) = bytes.get(..FIRST_RECORD as usize) else {
+        return Header::Foreign;
+    };
+    if head.iter().all(|&b| b == 0) {
+        return Header::Blank;
+    }
+    let field = |range: std::ops::Range<usize>| head.get(range).unwrap_or(&[]);
+    let u64_at = |at: usize| {
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(field(at..at + 8));
+        u64::from_le_bytes(raw)
+    };
+    let mut stored = [0u8; 4];
+    stored.copy_from_slice(field(24..28));
+    let sound = field(0..4) == HEADER_MAGIC
+        && field(4..5) == [HEADER_VERSION]
+        && field(5..8) == [0, 0, 0]
+        && field(28..32) == [0, 0, 0, 0]
+        && crc32c::crc32c(field(0..24)) == u32::from_le_bytes(stored);
+    if !sound {
+        return Header::Foreign;
+    }
+    let found = u64_at(8);
+    if found != seq {
+        return Header::Stale;
+    }
+    Header::Valid(SegmentLife {
+        seq,
+        salt: u64_at(16),
+    })
+}
+
+/// An unpredictable salt for a new segment life: SipHash under the
+/// process's random keys.
+fn fresh_salt(seq: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    RandomState::new().hash_one((seq, now))
+}
+
 pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{PREFIX}{seq:016X}{SUFFIX}"))
 }
@@ -93,6 +175,9 @@ pub(crate) fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_
 /// An open, mapped segment file.
 pub(crate) struct Segment {
     seq: u64,
+    /// Seq and salt of the current life; `None` when the header is not
+    /// one of this seq (the segment then holds no records).
+    life: Option<SegmentLife>,
     path: PathBuf,
     file: File,
     map: Mmap,
@@ -108,9 +193,9 @@ impl Segment {
         Segment::from_file(file, path, seq)
     }
 
-    /// Creates segment `seq` of `size` bytes in `dir` by writing zeros, so
-    /// later fdatasyncs only flush data, then makes it durable under its
-    /// final name.
+    /// Creates segment `seq` of `size` bytes in `dir` by writing zeros (so
+    /// later fdatasyncs only flush data) and its header, then makes it
+    /// durable under its final name.
     pub(crate) fn create(dir: &Path, seq: u64, size: u64) -> io::Result<Segment> {
         let temp = temp_path(dir, seq);
         let file = OpenOptions::new()
@@ -118,7 +203,13 @@ impl Segment {
             .write(true)
             .create_new(true)
             .open(&temp)?;
-        let filled = zero_fill(&file, 0, size).and_then(|()| file.sync_all());
+        let life = SegmentLife {
+            seq,
+            salt: fresh_salt(seq),
+        };
+        let filled = zero_fill(&file, 0, size)
+            .and_then(|()| file.write_all_at(&header_bytes(life), 0))
+            .and_then(|()| file.sync_all());
         if let Err(err) = filled {
             // Best effort: a leftover temp file is removed at next start.
             let _ = fs::remove_file(&temp);
@@ -137,8 +228,13 @@ impl Segment {
         // written and synced. A foreign process truncating the file is
         // outside what a mapping can defend against.
         let map = unsafe { Mmap::map(&file)? };
+        let life = match read_header(&map, seq) {
+            Header::Valid(life) => Some(life),
+            Header::Blank | Header::Stale | Header::Foreign => None,
+        };
         Ok(Segment {
             seq,
+            life,
             path,
             file,
             map,
@@ -148,6 +244,14 @@ impl Segment {
 
     pub(crate) fn seq(&self) -> u64 {
         self.seq
+    }
+
+    pub(crate) fn life(&self) -> Option<SegmentLife> {
+        self.life
+    }
+
+    pub(crate) fn header(&self) -> Header {
+        read_header(&self.map, self.seq)
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -205,13 +309,16 @@ impl Segment {
         Ok(written)
     }
 
-    /// Gives the file a new sequence number for its next life: its first
-    /// header is zeroed (so an idle recycled segment reads as empty rather
-    /// than as a stale tail) and it is renamed. The caller syncs the
-    /// directory. Old records stay but carry the old seq, so they can
-    /// never validate in the new life.
+    /// Starts the file's next life as segment `seq`: a new header (new seq,
+    /// new salt) replaces the old one, then the file is renamed. The caller
+    /// syncs file and directory. Old records stay on disk but carry the old
+    /// seq and salt, so they never validate in the new life.
     pub(crate) fn renumber(self, dir: &Path, seq: u64) -> Result<Segment, (Segment, SpoolError)> {
-        if let Err(err) = self.write_at(&[0; HEADER_LEN], 0) {
+        let life = SegmentLife {
+            seq,
+            salt: fresh_salt(seq),
+        };
+        if let Err(err) = self.write_at(&header_bytes(life), 0) {
             return Err((self, err));
         }
         let path = segment_path(dir, seq);
@@ -221,6 +328,7 @@ impl Segment {
         }
         Ok(Segment {
             seq,
+            life: Some(life),
             path,
             file: self.file,
             map: self.map,
@@ -273,23 +381,50 @@ mod tests {
     }
 
     #[test]
-    fn create_writes_zeros_and_renumber_renames() {
+    fn header_states() {
+        let life = SegmentLife { seq: 5, salt: 99 };
+        let bytes = header_bytes(life);
+        assert_eq!(read_header(&bytes, 5), Header::Valid(life));
+        assert_eq!(read_header(&bytes, 6), Header::Stale);
+        assert_eq!(read_header(&[0; 64], 5), Header::Blank);
+        assert_eq!(read_header(&bytes[..31], 5), Header::Foreign);
+        for at in 0..bytes.len() {
+            let mut damaged = bytes;
+            damaged[at] ^= 0x10;
+            assert_eq!(read_header(&damaged, 5), Header::Foreign, "byte {at}");
+        }
+    }
+
+    #[test]
+    fn create_writes_zeros_and_a_header_and_renumber_starts_a_new_life() {
         let dir = tempfile::tempdir().unwrap();
         let segment = Segment::create(dir.path(), 3, 8192).unwrap();
         assert_eq!(segment.len(), 8192);
-        assert!(segment.bytes().iter().all(|&b| b == 0));
+        let first = segment.life().unwrap();
+        assert_eq!(first.seq, 3);
+        assert_eq!(segment.header(), Header::Valid(first));
+        assert!(segment.bytes()[FIRST_RECORD as usize..]
+            .iter()
+            .all(|&b| b == 0));
         segment.write_at(b"abcdefgh", 4096).unwrap();
-        segment.write_at(&[1; HEADER_LEN], 0).unwrap();
         segment.sync().unwrap();
         assert_eq!(&segment.bytes()[4096..4104], b"abcdefgh");
         let renumbered = segment.renumber(dir.path(), 4).map_err(|(_, e)| e).unwrap();
-        assert_eq!(renumbered.seq(), 4);
+        let second = renumbered.life().unwrap();
+        assert_eq!(second.seq, 4);
+        assert_ne!(second.salt, first.salt);
         assert!(renumbered.path().exists());
         assert!(!segment_path(dir.path(), 3).exists());
-        assert!(renumbered.bytes()[..HEADER_LEN].iter().all(|&b| b == 0));
-        assert_eq!(renumbered.wipe_from(8).unwrap(), 8192 - 8);
-        assert!(renumbered.bytes().iter().all(|&b| b == 0));
-        assert_eq!(renumbered.wipe_from(0).unwrap(), 0);
+        let reopened = Segment::open(segment_path(dir.path(), 4), 4, false).unwrap();
+        assert_eq!(reopened.life(), Some(second));
+        assert_eq!(
+            renumbered.wipe_from(FIRST_RECORD).unwrap(),
+            8192 - FIRST_RECORD
+        );
+        assert!(renumbered.bytes()[FIRST_RECORD as usize..]
+            .iter()
+            .all(|&b| b == 0));
+        assert_eq!(renumbered.wipe_from(FIRST_RECORD).unwrap(), 0);
     }
 
     #[test]

@@ -241,10 +241,13 @@ fn message_at(
         .bytes()
         .get(start..)
         .ok_or_else(|| corrupt("offset past segment end".into()))?;
+    let life = segment
+        .life()
+        .ok_or_else(|| corrupt("segment has no header".into()))?;
     let decoded = if verify {
-        decode_record(bytes, segment.seq())
+        decode_record(bytes, life)
     } else {
-        decode_verified(bytes, segment.seq())
+        decode_verified(bytes, life)
     };
     match decoded.map_err(|e| corrupt(e.to_string()))?.record {
         Record::Message(m) => {

@@ -470,3 +470,22 @@ fn invalid_sizes_are_refused_naming_the_setting() {
     let spool: Arc<Spool> = Spool::open(config(dir.path())).unwrap();
     assert!(spool.queued().is_empty());
 }
+
+#[tokio::test]
+async fn segment_caught_mid_recycle_is_reused_not_quarantined() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file whose name and header disagree on the seq: recycling wrote
+    // the header of one life, the rename that goes with it was lost.
+    drop(super::segment::Segment::create(dir.path(), 4, SEGMENT).unwrap());
+    fs::rename(segment_path(dir.path(), 4), segment_path(dir.path(), 5)).unwrap();
+    let spool = Spool::open(config(dir.path())).unwrap();
+    assert!(spool.queued().is_empty());
+    assert!(!dir.path().join("seg-0000000000000005.tsg.bad").exists());
+    let mut writer = spool.writer(0).unwrap();
+    let id = append(&mut writer, 1, b"fresh").await;
+    assert!(id.segment_seq() > 5);
+    assert!(
+        eventually(|| !segment_path(dir.path(), 5).exists()),
+        "stale segment was not recycled"
+    );
+}

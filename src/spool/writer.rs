@@ -14,8 +14,10 @@ use std::time::Instant;
 use super::id::QueueId;
 use super::index::LiveMessage;
 use super::pool::{take_segment, Purpose};
-use super::record::{encode_message_head, encode_update, seal_record, UpdateRecord, HEADER_LEN};
-use super::segment::Segment;
+use super::record::{
+    encode_message_head, encode_update, seal_record, SegmentLife, UpdateRecord, HEADER_LEN,
+};
+use super::segment::{Segment, FIRST_RECORD};
 use super::state::RecipientState;
 use super::store::Shared;
 use super::sync::{Commit, Durable, SyncJob, SyncMsg};
@@ -24,6 +26,7 @@ use crate::envelope::Envelope;
 
 struct Active {
     segment: Arc<Segment>,
+    life: SegmentLife,
     /// Where the next record goes.
     offset: u64,
 }
@@ -65,9 +68,9 @@ impl SpoolWriter {
                 segment_size: self.shared.config.segment_size,
             }
         })?;
-        let (segment, offset) = self.reserve(len, Purpose::Message)?;
+        let (segment, life, offset) = self.reserve(len, Purpose::Message)?;
         let id = QueueId::new(segment.seq(), offset).ok_or_else(|| self.exhausted(&segment))?;
-        seal_record(&mut self.buf, segment.seq(), data);
+        seal_record(&mut self.buf, life, data);
         segment.write_at(&self.buf, offset)?;
         segment.write_at(data, offset + self.buf.len() as u64)?;
         let message = LiveMessage::new(Arc::clone(&segment), envelope.recipients.len());
@@ -114,8 +117,8 @@ impl SpoolWriter {
                 len: too_long.0 + HEADER_LEN as u64,
                 segment_size: self.shared.config.segment_size,
             })?;
-        let (segment, offset) = self.reserve(len, Purpose::RecipientUpdate)?;
-        seal_record(&mut self.buf, segment.seq(), &[]);
+        let (segment, life, offset) = self.reserve(len, Purpose::RecipientUpdate)?;
+        seal_record(&mut self.buf, life, &[]);
         segment.write_at(&self.buf, offset)?;
         let changes = updates.to_vec();
         self.submit(
@@ -138,9 +141,13 @@ impl SpoolWriter {
 
     /// Reserves `len` bytes in the active segment, rolling over to a fresh
     /// one when it is full or has failed. Returns the segment and offset.
-    fn reserve(&mut self, len: u64, purpose: Purpose) -> Result<(Arc<Segment>, u64), SpoolError> {
+    fn reserve(
+        &mut self,
+        len: u64,
+        purpose: Purpose,
+    ) -> Result<(Arc<Segment>, SegmentLife, u64), SpoolError> {
         let segment_size = self.shared.config.segment_size;
-        if len > segment_size {
+        if len > segment_size - FIRST_RECORD {
             return Err(SpoolError::TooLarge { len, segment_size });
         }
         let fits = |active: &Active| {
@@ -164,16 +171,31 @@ impl SpoolWriter {
                     seq = segment.seq(),
                     "spool segment active"
                 );
-                Active { segment, offset: 0 }
+                let life = segment.life().ok_or_else(|| self.unprepared(&segment))?;
+                Active {
+                    segment,
+                    life,
+                    offset: FIRST_RECORD,
+                }
             }
         };
         let at = active.offset;
-        let segment = Arc::clone(&active.segment);
+        let (segment, life) = (Arc::clone(&active.segment), active.life);
         self.active = Some(Active {
-            segment: active.segment,
             offset: at + len,
+            ..active
         });
-        Ok((segment, at))
+        Ok((segment, life, at))
+    }
+
+    /// A segment from the pool always has a header of its seq; one without
+    /// is reported rather than written to.
+    fn unprepared(&self, segment: &Segment) -> SpoolError {
+        let source = std::io::Error::other("prepared segment has no valid header");
+        SpoolError::Io {
+            path: segment.path().to_path_buf(),
+            source,
+        }
     }
 
     fn exhausted(&self, segment: &Segment) -> SpoolError {
