@@ -22,7 +22,7 @@ mod writer;
 
 pub use error::SpoolError;
 pub use id::{QueueId, QueueIdParseError};
-pub use record::{decode_record, RecordError};
+pub use record::{decode_record, RecordError, SegmentLife};
 pub use state::RecipientState;
 pub use store::{
     MessageView, QueuedMessage, ScannedMessage, Spool, SpoolConfig, DEFAULT_SEGMENT_SIZE,

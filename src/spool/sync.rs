@@ -174,6 +174,11 @@ fn commit_batch(shared: &Shared, batch: Vec<SyncJob>) {
         match outcome {
             Ok(()) => {
                 match job.then {
+                    // A message without recipients is done on arrival,
+                    // as recovery would also find.
+                    Durable::Message { id, message } if message.is_final() => {
+                        finished.push((id, message));
+                    }
                     Durable::Message { id, message } => shared.index.insert(id, message),
                     Durable::Update {
                         id,

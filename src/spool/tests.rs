@@ -489,3 +489,27 @@ async fn segment_caught_mid_recycle_is_reused_not_quarantined() {
         "stale segment was not recycled"
     );
 }
+
+#[tokio::test]
+async fn message_without_recipients_is_final_at_once_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let spool = Spool::open(config(dir.path())).unwrap();
+        let mut writer = spool.writer(0).unwrap();
+        append(&mut writer, 0, b"nobody").await;
+        assert!(spool.queued().is_empty());
+        spool.close();
+    }
+    let spool = Spool::open(config(dir.path())).unwrap();
+    assert!(spool.queued().is_empty());
+}
+
+#[test]
+fn spool_is_shareable_across_core_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Spool>();
+    send_sync::<MessageView>();
+    send::<SpoolWriter>();
+    send::<Commit>();
+}
