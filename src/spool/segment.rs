@@ -286,6 +286,12 @@ impl Segment {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// Marks the segment as failed, as a failed write or sync would.
+    #[cfg(test)]
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
     /// Rewrites the status byte of the MESSAGE record at `record_offset`
     /// to dead (not synced here).
     pub(crate) fn mark_dead(&self, record_offset: u64) -> Result<(), SpoolError> {

@@ -230,3 +230,35 @@ impl Drop for SpoolWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::tests::sample_envelope;
+    use super::super::{Spool, SpoolConfig};
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_segment_is_abandoned_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            segment_size: 64 * 1024,
+            max_size: 0,
+        };
+        let spool = Spool::open(config).unwrap();
+        let mut writer = spool.writer(0).unwrap();
+        let (first, commit) = writer.append(&sample_envelope(1), b"one").unwrap();
+        commit.await.unwrap();
+        let active = writer
+            .active
+            .as_ref()
+            .map(|a| Arc::clone(&a.segment))
+            .unwrap();
+        active.fail();
+        let (second, commit) = writer.append(&sample_envelope(1), b"two").unwrap();
+        commit.await.unwrap();
+        assert_ne!(first.segment_seq(), second.segment_seq());
+        assert_eq!(spool.read(&first).unwrap().data(), b"one");
+        assert_eq!(spool.read(&second).unwrap().data(), b"two");
+    }
+}
