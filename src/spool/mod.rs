@@ -1,3 +1,34 @@
-//! The durable spool (being written).
+//! The durable spool: per-core append-only segment files holding MESSAGE
+//! and RECIPIENT_UPDATE records, group-committed with fdatasync, read
+//! through memory mappings, recovered at start and recycled once every
+//! message in a segment is final.
+//!
+//! The spool must never report a message durable (resolve a `Commit`)
+//! before an fdatasync covering its record succeeded, and never panic on
+//! disk errors or on any file content.
+
+mod codec;
 pub mod error;
+mod id;
+mod index;
+mod pool;
+pub mod record;
+mod recovery;
+mod segment;
+mod state;
+mod store;
+mod sync;
+mod writer;
+
 pub use error::SpoolError;
+pub use id::{QueueId, QueueIdParseError};
+pub use record::{decode_record, RecordError, SegmentLife};
+pub use state::RecipientState;
+pub use store::{
+    MessageView, QueuedMessage, ScannedMessage, Spool, SpoolConfig, DEFAULT_SEGMENT_SIZE,
+};
+pub use sync::Commit;
+pub use writer::SpoolWriter;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+//! `SpoolWriter`: one core's append path. Records are written with pwrite
+//! at the active segment's append offset on the caller's thread; the
+//! writer's sync thread makes them durable in batches.
+//!
+//! This module must never report a record durable itself (only the sync
+//! thread does), and never leave the writer unusable after an I/O error:
+//! a failed segment is abandoned and the next append takes a fresh one.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::id::QueueId;
+use super::index::LiveMessage;
+use super::pool::{take_segment, Purpose};
+use super::record::{
+    encode_message_head, encode_update, seal_record, SegmentLife, UpdateRecord, HEADER_LEN,
+};
+use super::segment::{Segment, FIRST_RECORD};
+use super::state::RecipientState;
+use super::store::Shared;
+use super::sync::{Commit, Durable, SyncJob, SyncMsg};
+use super::SpoolError;
+use crate::envelope::Envelope;
+
+struct Active {
+    segment: Arc<Segment>,
+    life: SegmentLife,
+    /// Where the next record goes.
+    offset: u64,
+}
+
+/// Appends for one core. Single-threaded by design: each core owns one.
+pub struct SpoolWriter {
+    shared: Arc<Shared>,
+    core: usize,
+    active: Option<Active>,
+    sync: Sender<SyncMsg>,
+    /// Reused encoding buffer (header and envelope, or a whole update).
+    buf: Vec<u8>,
+}
+
+impl SpoolWriter {
+    pub(crate) fn new(shared: Arc<Shared>, core: usize, sync: Sender<SyncMsg>) -> SpoolWriter {
+        SpoolWriter {
+            shared,
+            core,
+            active: None,
+            sync,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes the message record; returns its id and a future that
+    /// resolves once the record is durable (or with the error that
+    /// prevented it). The message is queued (visible to `queued`, `read`
+    /// and `update_recipients`) only once it is durable.
+    pub fn append(
+        &mut self,
+        envelope: &Envelope,
+        data: &[u8],
+    ) -> Result<(QueueId, Commit), SpoolError> {
+        self.check_open()?;
+        let len = encode_message_head(&mut self.buf, envelope, data.len()).map_err(|too_long| {
+            SpoolError::TooLarge {
+                len: too_long.0 + HEADER_LEN as u64,
+                segment_size: self.shared.config.segment_size,
+            }
+        })?;
+        let (segment, life, offset) = self.reserve(len, Purpose::Message)?;
+        let id = QueueId::new(segment.seq(), offset).ok_or_else(|| self.exhausted(&segment))?;
+        seal_record(&mut self.buf, life, data);
+        segment.write_at(&self.buf, offset)?;
+        segment.write_at(data, offset + self.buf.len() as u64)?;
+        let message = LiveMessage::new(Arc::clone(&segment), envelope.recipients.len());
+        let commit = self.submit(segment, Durable::Message { id, message })?;
+        Ok((id, commit))
+    }
+
+    /// Persists new recipient states (the future completes when durable).
+    /// A message whose recipients are all final becomes final: it leaves
+    /// the queue and releases its segments. `NotFound` for an id that is
+    /// not a live message or a recipient index it does not have.
+    pub fn update_recipients(
+        &mut self,
+        id: &QueueId,
+        updates: &[(usize, RecipientState)],
+    ) -> Result<Commit, SpoolError> {
+        self.check_open()?;
+        let count = self
+            .shared
+            .index
+            .recipient_count(id)
+            .ok_or_else(|| SpoolError::NotFound(id.to_string()))?;
+        let mut changes = Vec::with_capacity(updates.len());
+        for (index, state) in updates {
+            let in_range = u32::try_from(*index).ok().filter(|_| *index < count);
+            let Some(index32) = in_range else {
+                return Err(SpoolError::NotFound(format!(
+                    "{id} (recipient {index} of {count})"
+                )));
+            };
+            changes.push((index32, state.clone()));
+        }
+        if changes.is_empty() {
+            return Ok(Commit::ready(Ok(())));
+        }
+        let update_seq = self.shared.next_update_seq.fetch_add(1, Ordering::Relaxed);
+        let record = UpdateRecord {
+            update_seq,
+            message: *id,
+            changes,
+        };
+        let len =
+            encode_update(&mut self.buf, &record).map_err(|too_long| SpoolError::TooLarge {
+                len: too_long.0 + HEADER_LEN as u64,
+                segment_size: self.shared.config.segment_size,
+            })?;
+        let (segment, life, offset) = self.reserve(len, Purpose::RecipientUpdate)?;
+        seal_record(&mut self.buf, life, &[]);
+        segment.write_at(&self.buf, offset)?;
+        let changes = updates.to_vec();
+        self.submit(
+            segment,
+            Durable::Update {
+                id: *id,
+                update_seq,
+                changes,
+            },
+        )
+    }
+
+    fn check_open(&self) -> Result<(), SpoolError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            Err(SpoolError::SyncStopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reserves `len` bytes in the active segment, rolling over to a fresh
+    /// one when it is full or has failed. Returns the segment and offset.
+    fn reserve(
+        &mut self,
+        len: u64,
+        purpose: Purpose,
+    ) -> Result<(Arc<Segment>, SegmentLife, u64), SpoolError> {
+        let segment_size = self.shared.config.segment_size;
+        if len > segment_size - FIRST_RECORD {
+            return Err(SpoolError::TooLarge { len, segment_size });
+        }
+        let fits = |active: &Active| {
+            !active.segment.failed() && active.offset + len <= active.segment.len()
+        };
+        let active = match self.active.take() {
+            Some(active) if fits(&active) => active,
+            sealed => {
+                if let Some(old) = sealed {
+                    tracing::debug!(
+                        core = self.core,
+                        seq = old.segment.seq(),
+                        "spool segment sealed"
+                    );
+                    drop(old);
+                    self.shared.pool.wake();
+                }
+                let segment = take_segment(&self.shared, purpose)?;
+                tracing::debug!(
+                    core = self.core,
+                    seq = segment.seq(),
+                    "spool segment active"
+                );
+                let life = segment.life().ok_or_else(|| self.unprepared(&segment))?;
+                Active {
+                    segment,
+                    life,
+                    offset: FIRST_RECORD,
+                }
+            }
+        };
+        let at = active.offset;
+        let (segment, life) = (Arc::clone(&active.segment), active.life);
+        self.active = Some(Active {
+            offset: at + len,
+            ..active
+        });
+        Ok((segment, life, at))
+    }
+
+    /// A segment from the pool always has a header of its seq; one without
+    /// is reported rather than written to.
+    fn unprepared(&self, segment: &Segment) -> SpoolError {
+        let source = std::io::Error::other("prepared segment has no valid header");
+        SpoolError::Io {
+            path: segment.path().to_path_buf(),
+            source,
+        }
+    }
+
+    fn exhausted(&self, segment: &Segment) -> SpoolError {
+        let source = std::io::Error::other("segment sequence numbers exhausted");
+        SpoolError::Io {
+            path: segment.path().to_path_buf(),
+            source,
+        }
+    }
+
+    fn submit(&self, segment: Arc<Segment>, then: Durable) -> Result<Commit, SpoolError> {
+        let (waiter, commit) = Commit::pair();
+        let job = SyncJob {
+            segment,
+            queued_at: Instant::now(),
+            waiter,
+            then,
+        };
+        self.sync
+            .send(SyncMsg::Job(job))
+            .map_err(|_| SpoolError::SyncStopped)?;
+        Ok(commit)
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        // Queued commits still complete: the thread drains before exiting.
+        let _ = self.sync.send(SyncMsg::Stop);
+        if self.active.take().is_some() {
+            self.shared.pool.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::record::tests::sample_envelope;
+    use super::super::{Spool, SpoolConfig};
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_segment_is_abandoned_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            segment_size: 64 * 1024,
+            max_size: 0,
+        };
+        let spool = Spool::open(config).unwrap();
+        let mut writer = spool.writer(0).unwrap();
+        let (first, commit) = writer.append(&sample_envelope(1), b"one").unwrap();
+        commit.await.unwrap();
+        let active = writer
+            .active
+            .as_ref()
+            .map(|a| Arc::clone(&a.segment))
+            .unwrap();
+        active.fail();
+        let (second, commit) = writer.append(&sample_envelope(1), b"two").unwrap();
+        commit.await.unwrap();
+        assert_ne!(first.segment_seq(), second.segment_seq());
+        assert_eq!(spool.read(&first).unwrap().data(), b"one");
+        assert_eq!(spool.read(&second).unwrap().data(), b"two");
+    }
+}
