@@ -2,6 +2,10 @@
 //! so that the binary, the integration tests, the benches and the fuzz
 //! targets all drive the same code.
 
+pub mod config;
 pub mod envelope;
+pub mod metrics;
+pub mod queue_report;
+pub mod runtime;
 pub mod smtp;
 pub mod spool;

@@ -1,1 +1,171 @@
-fn main() {}
+//! The `tern` command line: run the server, check a config, inspect the
+//! queue. Errors end here as readable messages (anyhow lives only at this
+//! edge); this file must never hold server logic of its own.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use tern::config::{Config, LogFormat, Source};
+
+#[derive(Parser)]
+#[command(name = "tern", version, about = "High-throughput durable SMTP relay")]
+struct Cli {
+    /// Configuration file (TOML). Without it the embedded default is used:
+    /// SMTP on 127.0.0.1:2525, submission on 127.0.0.1:2587, spool in
+    /// ./var/spool, metrics on 127.0.0.1:9925.
+    #[arg(short, long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default when no command is given).
+    Run,
+    /// Validate the configuration and exit: 0 when it is usable.
+    CheckConfig,
+    /// Inspect the queue (reads the spool folder; safe while tern runs).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// One line per queued message, or a JSON array with --json.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Envelope, recipient states and the message bytes of one message.
+    Show {
+        /// Queue ID as printed by `queue list` and in the 250 reply.
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.config.as_deref()),
+        Command::CheckConfig => check_config(cli.config.as_deref()),
+        Command::Queue { command } => queue(cli.config.as_deref(), command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<(Config, Source)> {
+    Ok(Config::load(path)?)
+}
+
+fn init_logging(config: &Config) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => EnvFilter::try_new(&v).context("RUST_LOG")?,
+        _ => EnvFilter::try_new(&config.log.level)
+            .with_context(|| format!("[log] level = {:?}", config.log.level))?,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs sent to files and journald stay greppable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match config.log.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn run(path: Option<&Path>) -> Result<()> {
+    let (config, source) = load(path)?;
+    init_logging(&config)?;
+    config.check_spool_dir(&source)?;
+    if let Some(addr) = config.metrics.listen {
+        tern::metrics::install(addr)
+            .with_context(|| format!("{source}: [metrics] listen = {addr}"))?;
+    }
+    tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "tern starting");
+    let server = tern::runtime::start(&config).with_context(|| source.to_string())?;
+    wait_for_termination()?;
+    tracing::info!("shutting down: no new connections, waiting for open sessions");
+    server.shutdown();
+    tracing::info!("tern stopped");
+    Ok(())
+}
+
+/// Block until SIGTERM or SIGINT. SIGHUP is logged and ignored until config
+/// reload exists, so a closed terminal cannot kill the server.
+fn wait_for_termination() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("signal runtime")?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received"); break }
+                _ = int.recv() => { tracing::info!("SIGINT received"); break }
+                _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; ignored"),
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .context("signal handling")
+}
+
+fn check_config(path: Option<&Path>) -> Result<()> {
+    let (config, source) = load(path)?;
+    config.check_spool_dir(&source)?;
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        tern::runtime::tls::load_server_config(cert, key).with_context(|| source.to_string())?;
+    }
+    println!("{source}: ok");
+    Ok(())
+}
+
+fn queue(path: Option<&Path>, command: QueueCommand) -> Result<()> {
+    let (config, _) = load(path)?;
+    let dir = &config.spool.dir;
+    let messages = tern::spool::Spool::scan_readonly(dir)
+        .with_context(|| format!("[spool] dir = {}", dir.display()))?;
+    let mut out = std::io::stdout().lock();
+    match command {
+        QueueCommand::List { json: true } => {
+            let list: Vec<_> = messages.iter().map(tern::queue_report::summary).collect();
+            serde_json::to_writer_pretty(&mut out, &list)?;
+            writeln!(out)?;
+        }
+        QueueCommand::List { json: false } => {
+            for m in &messages {
+                writeln!(out, "{}", tern::queue_report::line(m))?;
+            }
+            writeln!(out, "-- {} message(s) queued", messages.len())?;
+        }
+        QueueCommand::Show { id } => {
+            let m = messages
+                .iter()
+                .find(|m| m.id.to_string() == id)
+                .with_context(|| format!("no queued message with id {id}"))?;
+            out.write_all(tern::queue_report::details(m).as_bytes())?;
+            out.write_all(m.data())?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -268,6 +268,18 @@ fn set_payload_len(buf: &mut [u8], payload_len: u32) {
     }
 }
 
+/// A record with a valid header and CRC around an arbitrary payload of
+/// `kind`, so the fuzz target and the tests reach the payload decoders
+/// behind the CRC check. Payloads over 4 GiB are cut to fit the length field.
+pub fn seal_raw_record(kind: u8, life: SegmentLife, payload: &[u8]) -> Vec<u8> {
+    let payload = &payload[..payload.len().min(u32::MAX as usize)];
+    let mut buf = Vec::with_capacity(HEADER_LEN + payload.len());
+    put_header(&mut buf, kind, payload.len() as u32);
+    buf.extend_from_slice(payload);
+    seal_record(&mut buf, life, &[]);
+    buf
+}
+
 /// Encodes the head of a MESSAGE record (header and envelope) into `buf`
 /// for message bytes of `data_len`, which are written right after it.
 /// Returns the record's aligned length; [`seal_record`] completes it.
@@ -565,13 +577,8 @@ pub(crate) mod tests {
         buf
     }
 
-    /// A record with a valid header and CRC around an arbitrary payload.
     fn raw_record(kind: u8, seq: u64, payload: &[u8]) -> Vec<u8> {
-        let mut buf = Vec::new();
-        put_header(&mut buf, kind, payload.len() as u32);
-        buf.extend_from_slice(payload);
-        seal_record(&mut buf, life(seq), &[]);
-        buf
+        seal_raw_record(kind, life(seq), payload)
     }
 
     #[test]

@@ -1,0 +1,614 @@
+//! Configuration: the TOML file format, its embedded defaults, and the checks
+//! that turn a bad setting into a start-up error naming the key and the file.
+//!
+//! This module only parses and validates. It must never bind sockets, open
+//! the spool or start threads: `check-config` runs it without side effects
+//! beyond probing that the spool folder is writable.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients.
+pub const RCPT_MIN_RFC5321: usize = 100;
+/// RFC 5321 4.5.3.2.7: the server waits at least 5 minutes for a command.
+pub const COMMAND_TIMEOUT_RFC5321: Duration = Duration::from_secs(5 * 60);
+/// RFC 5321 4.5.3.2.5-6: data blocks are waited for 3 minutes.
+pub const DATA_TIMEOUT_RFC5321: Duration = Duration::from_secs(3 * 60);
+/// RFC 1870 does not set a size; 25 MiB matches what large providers accept.
+pub const MAX_MESSAGE_SIZE_DEFAULT: u64 = 25 * 1024 * 1024;
+/// Spool segment size: big enough for the largest message plus its envelope.
+pub const SEGMENT_SIZE_DEFAULT: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerSection,
+    pub smtp: SmtpSection,
+    pub spool: SpoolSection,
+    pub tls: TlsSection,
+    pub metrics: MetricsSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// The driver chosen by measurement (see README): epoll today.
+    Auto,
+    /// io_uring through tokio-uring.
+    Uring,
+    /// Plain tokio (epoll/kqueue).
+    Epoll,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Core threads; 0 = one per available core.
+    pub workers: usize,
+    pub io: IoMode,
+    /// Name in the greeting, EHLO reply and trace headers; empty = system host name.
+    pub hostname: String,
+    /// How long SIGTERM waits for open sessions before closing them.
+    #[serde(with = "duration_text")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSection {
+    /// Relay (MX) listeners, port 25 in production.
+    pub listen: Vec<SocketAddr>,
+    /// Submission listeners with STARTTLS, port 587 in production.
+    pub submission: Vec<SocketAddr>,
+    #[serde(with = "size_text")]
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    #[serde(with = "duration_text")]
+    pub command_timeout: Duration,
+    #[serde(with = "duration_text")]
+    pub data_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    pub dir: PathBuf,
+    #[serde(with = "size_text")]
+    pub segment_size: u64,
+    /// Upper bound of all segment files together; 0 = only the disk limits it.
+    #[serde(with = "size_text")]
+    pub max_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// PEM certificate chain; STARTTLS is offered when cert and key are set.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Prometheus scrape address (`/metrics`); empty string disables it.
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// tracing filter, e.g. `info` or `tern=debug`; RUST_LOG overrides it.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            workers: 0,
+            io: IoMode::Auto,
+            hostname: String::new(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        SmtpSection {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            submission: vec![SocketAddr::from(([127, 0, 0, 1], 2587))],
+            max_message_size: MAX_MESSAGE_SIZE_DEFAULT,
+            max_recipients: 1000,
+            command_timeout: COMMAND_TIMEOUT_RFC5321,
+            data_timeout: DATA_TIMEOUT_RFC5321,
+        }
+    }
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            dir: PathBuf::from("var/spool"),
+            segment_size: SEGMENT_SIZE_DEFAULT,
+            max_size: 0,
+        }
+    }
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9925))),
+        }
+    }
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            level: "info".to_string(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+/// Where a configuration came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Embedded,
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Embedded => f.write_str("<embedded default config>"),
+            Source::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Load `path`, or the embedded defaults when `path` is None, and validate.
+    pub fn load(path: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+        let (config, source) = match path {
+            None => (Config::default(), Source::Embedded),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    file: p.display().to_string(),
+                    source,
+                })?;
+                let source = Source::File(p.to_path_buf());
+                (Config::parse(&text, &source)?, source)
+            }
+        };
+        config.validate(&source)?;
+        Ok((config, source))
+    }
+
+    /// Parse TOML text; `source` names it in errors.
+    pub fn parse(text: &str, source: &Source) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: source.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })
+    }
+
+    /// Checks that need more than one field or the RFCs; the key named in
+    /// each error is the one to change.
+    pub fn validate(&self, source: &Source) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            file: source.to_string(),
+            key,
+            message,
+        };
+        if self.smtp.listen.is_empty() && self.smtp.submission.is_empty() {
+            return Err(invalid(
+                "[smtp] listen",
+                "no SMTP listener: set [smtp] listen or [smtp] submission".into(),
+            ));
+        }
+        if self.smtp.max_recipients < RCPT_MIN_RFC5321 {
+            return Err(invalid(
+                "[smtp] max_recipients",
+                format!(
+                    "{} is below the {RCPT_MIN_RFC5321} that RFC 5321 4.5.3.1.8 requires",
+                    self.smtp.max_recipients
+                ),
+            ));
+        }
+        if self.smtp.max_message_size < 64 * 1024 {
+            return Err(invalid(
+                "[smtp] max_message_size",
+                format!(
+                    "{} bytes is below the 64 KiB that RFC 5321 4.5.3.1.7 requires",
+                    self.smtp.max_message_size
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("[smtp] command_timeout", self.smtp.command_timeout),
+            ("[smtp] data_timeout", self.smtp.data_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than zero".into()));
+            }
+        }
+        // A message record carries the envelope next to the data; leave room
+        // for a full envelope of max_recipients addresses (256 octets each at
+        // most, RFC 5321 4.5.3.1.3) plus headers.
+        let envelope_room = (self.smtp.max_recipients as u64) * 600 + 64 * 1024;
+        let needed = self.smtp.max_message_size + envelope_room;
+        if self.spool.segment_size < needed {
+            return Err(invalid(
+                "[spool] segment_size",
+                format!(
+                    "{} bytes cannot hold a message of [smtp] max_message_size = {} plus its \
+                     envelope; use at least {needed}",
+                    self.spool.segment_size, self.smtp.max_message_size
+                ),
+            ));
+        }
+        if self.spool.segment_size > u32::MAX as u64 {
+            return Err(invalid(
+                "[spool] segment_size",
+                format!("{} bytes is over the 4 GiB limit", self.spool.segment_size),
+            ));
+        }
+        if self.spool.max_size != 0 && self.spool.max_size < 2 * self.spool.segment_size {
+            return Err(invalid(
+                "[spool] max_size",
+                format!(
+                    "{} bytes is less than two segments of [spool] segment_size = {}",
+                    self.spool.max_size, self.spool.segment_size
+                ),
+            ));
+        }
+        if self.spool.dir.as_os_str().is_empty() {
+            return Err(invalid("[spool] dir", "must not be empty".into()));
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "[tls] key",
+                    "[tls] cert is set but key is not".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "[tls] cert",
+                    "[tls] key is set but cert is not".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.log.level.trim().is_empty() {
+            return Err(invalid("[log] level", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Create the spool folder if needed and prove it is writable, so an
+    /// unwritable folder stops start-up instead of failing the first message.
+    pub fn check_spool_dir(&self, source: &Source) -> Result<(), ConfigError> {
+        let dir = &self.spool.dir;
+        let fail = |what: &str, e: std::io::Error| ConfigError::Invalid {
+            file: source.to_string(),
+            key: "[spool] dir",
+            message: format!("{}: {what}: {e}", dir.display()),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| fail("cannot create", e))?;
+        let probe = dir.join(format!(".tern-write-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"probe").map_err(|e| fail("not writable", e))?;
+        std::fs::remove_file(&probe).map_err(|e| fail("not writable", e))?;
+        Ok(())
+    }
+
+    /// The host name to announce: the configured one or the system's.
+    pub fn hostname(&self) -> String {
+        if !self.server.hostname.is_empty() {
+            return self.server.hostname.clone();
+        }
+        system_hostname().unwrap_or_else(|| "localhost".to_string())
+    }
+
+    /// Core threads to run: the configured number or one per core.
+    pub fn worker_count(&self) -> usize {
+        if self.server.workers > 0 {
+            return self.server.workers;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+fn system_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most
+    // that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = std::str::from_utf8(&buf[..end]).ok()?.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Parse a size: a plain number of bytes or a number with a binary unit
+/// (`KiB`, `MiB`, `GiB`). Decimal units are refused rather than guessed.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| {
+        format!("`{text}` is not a size (examples: 1048576, \"512KiB\", \"64MiB\")")
+    })?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown size unit `{other}` (use B, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+mod size_text {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum SizeValue {
+            Number(u64),
+            Text(String),
+        }
+        match SizeValue::deserialize(d)? {
+            SizeValue::Number(n) => Ok(n),
+            SizeValue::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod duration_text {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}; examples: \"30s\", \"5m\", \"1h 30m\")"
+            ))
+        })
+    }
+}
+
+mod optional_addr {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.serialize_str(&a.to_string()),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not an address:port ({e}); use \"\" to disable"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let source = Source::File(PathBuf::from("t.toml"));
+        let c = Config::parse(text, &source)?;
+        c.validate(&source)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.smtp.listen[0].port(), 2525);
+        assert_eq!(c.smtp.submission[0].port(), 2587);
+        assert_eq!(c.spool.dir, PathBuf::from("var/spool"));
+        assert_eq!(c.metrics.listen.unwrap().port(), 9925);
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        let c = parse(
+            "[smtp]\nmax_message_size = \"10MiB\"\ncommand_timeout = \"2m\"\n\
+             [spool]\nsegment_size = 33554432\n",
+        )
+        .unwrap();
+        assert_eq!(c.smtp.max_message_size, 10 << 20);
+        assert_eq!(c.smtp.command_timeout, Duration::from_secs(120));
+        assert_eq!(c.spool.segment_size, 32 << 20);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[smtp]\nlisten_typo = []\n").unwrap_err().to_string();
+        assert!(e.contains("t.toml"), "{e}");
+        assert!(e.contains("listen_typo"), "{e}");
+    }
+
+    #[test]
+    fn unknown_section_is_named() {
+        let e = parse("[smpt]\n").unwrap_err().to_string();
+        assert!(e.contains("smpt"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse("[server]\nio = \"kqueue\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kqueue") && e.contains("io"), "{e}");
+        let e = parse("[smtp]\nlisten = [\"nope\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = parse("[smtp]\nmax_message_size = \"10MB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MB") && e.contains("max_message_size"), "{e}");
+        let e = parse("[smtp]\ndata_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn rfc_minimums_are_enforced() {
+        let e = parse("[smtp]\nmax_recipients = 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[smtp] max_recipients") && e.contains("4.5.3.1.8"),
+            "{e}"
+        );
+        let e = parse("[smtp]\nmax_message_size = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[smtp] max_message_size"), "{e}");
+        let e = parse("[smtp]\ncommand_timeout = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[smtp] command_timeout"), "{e}");
+    }
+
+    #[test]
+    fn segment_must_hold_largest_message() {
+        let e = parse("[smtp]\nmax_message_size = \"64MiB\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[spool] segment_size"), "{e}");
+        parse("[smtp]\nmax_message_size = \"64MiB\"\n[spool]\nsegment_size = \"80MiB\"\n").unwrap();
+    }
+
+    #[test]
+    fn tls_needs_both_halves() {
+        let e = parse("[tls]\ncert = \"c.pem\"\n").unwrap_err().to_string();
+        assert!(e.contains("[tls] key"), "{e}");
+    }
+
+    #[test]
+    fn metrics_can_be_disabled() {
+        let c = parse("[metrics]\nlisten = \"\"\n").unwrap();
+        assert_eq!(c.metrics.listen, None);
+    }
+
+    #[test]
+    fn size_parser_rejects_garbage() {
+        assert_eq!(parse_size("512KiB"), Ok(512 * 1024));
+        assert_eq!(parse_size("7"), Ok(7));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("5 TB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+        assert!(parse_size("18446744073709551615GiB").is_err());
+    }
+
+    #[test]
+    fn example_config_documents_every_key() {
+        let text = include_str!("../config/tern.toml");
+        let example: toml::Table = toml::from_str(text).unwrap();
+        Config::parse(text, &Source::Embedded).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, keys) in &defaults {
+            let documented = example
+                .get(section)
+                .and_then(|v| v.as_table())
+                .unwrap_or_else(|| panic!("config/tern.toml lacks [{section}]"));
+            for key in keys.as_table().unwrap().keys() {
+                assert!(
+                    documented.contains_key(key),
+                    "config/tern.toml lacks [{section}] {key}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unwritable_spool_dir_is_named() {
+        let c = Config {
+            spool: SpoolSection {
+                dir: PathBuf::from("/proc/tern-cannot-exist/spool"),
+                ..SpoolSection::default()
+            },
+            ..Config::default()
+        };
+        let e = c
+            .check_spool_dir(&Source::Embedded)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[spool] dir") && e.contains("/proc/tern-cannot-exist"),
+            "{e}"
+        );
+    }
+}

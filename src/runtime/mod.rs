@@ -1,0 +1,378 @@
+//! The per-core runtime: one OS thread per core, each with its own event
+//! loop (plain tokio or tokio-uring), its own `SO_REUSEPORT` listeners and
+//! its own spool writer. Nothing is shared on the accept or receive path.
+//!
+//! This module must never hold protocol logic; it binds, spawns, drives
+//! and shuts down.
+
+pub mod listener;
+pub mod smtp_conn;
+pub mod tls;
+pub mod transport;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, IoMode};
+use crate::smtp::SessionConfig;
+use crate::spool::{Spool, SpoolConfig, SpoolError};
+use listener::{Acceptor, BoundAddress, ListenerKind};
+use smtp_conn::CoreContext;
+
+/// The I/O driver a server runs on, after `auto` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    Epoll,
+    Uring,
+}
+
+impl Driver {
+    /// `auto` picks epoll: on the project's machine plain tokio ran 10-25%
+    /// faster than tokio-uring 0.5 (see README, loadtest/accept.sh), and
+    /// tokio-uring has had no release since 2024-05.
+    pub fn from_mode(mode: IoMode) -> Driver {
+        match mode {
+            IoMode::Auto | IoMode::Epoll => Driver::Epoll,
+            IoMode::Uring => Driver::Uring,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Epoll => "epoll",
+            Driver::Uring => "uring",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("[spool] dir = {dir}: {source}")]
+    Spool {
+        dir: String,
+        #[source]
+        source: SpoolError,
+    },
+    #[error("{key} = {addr}: cannot listen: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    #[error("core {core}: {message}")]
+    Core { core: usize, message: String },
+}
+
+/// A running server. Dropping it does not stop it; call `shutdown`.
+pub struct ServerHandle {
+    pub smtp_addrs: Vec<SocketAddr>,
+    pub submission_addrs: Vec<SocketAddr>,
+    pub driver: Driver,
+    pub spool: Arc<Spool>,
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Stop accepting, let sessions finish for up to the configured
+    /// shutdown timeout, then close the spool (pending syncs complete).
+    pub fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for thread in self.threads {
+            if thread.join().is_err() {
+                error!("a core thread panicked during shutdown");
+            }
+        }
+        self.spool.close();
+    }
+}
+
+/// Everything one core thread needs, moved into it.
+struct CoreSetup {
+    core: usize,
+    driver: Driver,
+    listeners: Vec<(ListenerKind, std::net::TcpListener)>,
+    spool: Arc<Spool>,
+    session_config: Arc<SessionConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: watch::Receiver<bool>,
+    shutdown_timeout: Duration,
+    ready: mpsc::Sender<Result<(), String>>,
+}
+
+/// Open the spool (recovering it), bind every listener on every core and
+/// start the core threads. Returns once every core is accepting.
+pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
+    let cores = config.worker_count();
+    let driver = Driver::from_mode(config.server.io);
+    let tls = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => Some(tls::load_server_config(cert, key)?),
+        _ => None,
+    };
+    let session_config = Arc::new(SessionConfig {
+        hostname: config.hostname(),
+        max_message_size: config.smtp.max_message_size,
+        max_recipients: config.smtp.max_recipients,
+        starttls_available: tls.is_some(),
+        command_timeout: config.smtp.command_timeout,
+        data_timeout: config.smtp.data_timeout,
+    });
+
+    let mut bound: Vec<BoundAddress> = Vec::new();
+    for (key, kind, addrs) in [
+        ("[smtp] listen", ListenerKind::Smtp, &config.smtp.listen),
+        (
+            "[smtp] submission",
+            ListenerKind::Submission,
+            &config.smtp.submission,
+        ),
+    ] {
+        for &addr in addrs {
+            let b = listener::bind_per_core(kind, addr, cores)
+                .map_err(|source| StartError::Bind { key, addr, source })?;
+            bound.push(b);
+        }
+    }
+    let smtp_addrs = addrs_of(&bound, ListenerKind::Smtp);
+    let mut kinds: Vec<ListenerKind> = bound.iter().map(|b| b.kind).collect();
+    kinds.dedup();
+    smtp_conn::register_metrics(&kinds);
+    let submission_addrs = addrs_of(&bound, ListenerKind::Submission);
+
+    let spool = Spool::open(SpoolConfig {
+        dir: config.spool.dir.clone(),
+        segment_size: config.spool.segment_size,
+        max_size: config.spool.max_size,
+    })
+    .map_err(|source| StartError::Spool {
+        dir: config.spool.dir.display().to_string(),
+        source,
+    })?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut per_core: Vec<Vec<(ListenerKind, std::net::TcpListener)>> =
+        (0..cores).map(|_| Vec::new()).collect();
+    for b in bound {
+        for (core, socket) in b.per_core.into_iter().enumerate() {
+            per_core[core].push((b.kind, socket));
+        }
+    }
+    let mut threads = Vec::with_capacity(cores);
+    for (core, listeners) in per_core.into_iter().enumerate() {
+        let setup = CoreSetup {
+            core,
+            driver,
+            listeners,
+            spool: spool.clone(),
+            session_config: session_config.clone(),
+            tls: tls.clone(),
+            shutdown: shutdown_rx.clone(),
+            shutdown_timeout: config.server.shutdown_timeout,
+            ready: ready_tx.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("tern-core-{core}"))
+            .spawn(move || run_core(setup))
+            .map_err(|e| StartError::Core {
+                core,
+                message: format!("cannot start thread: {e}"),
+            })?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    let handle = ServerHandle {
+        smtp_addrs,
+        submission_addrs,
+        driver,
+        spool,
+        shutdown: shutdown_tx,
+        threads,
+    };
+    for core in 0..cores {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                handle.shutdown();
+                return Err(StartError::Core { core, message });
+            }
+            Err(_) => {
+                handle.shutdown();
+                return Err(StartError::Core {
+                    core,
+                    message: "core thread exited before it was ready".into(),
+                });
+            }
+        }
+    }
+    info!(
+        cores,
+        io = driver.name(),
+        smtp = ?handle.smtp_addrs,
+        submission = ?handle.submission_addrs,
+        starttls = session_config.starttls_available,
+        "tern accepting"
+    );
+    Ok(handle)
+}
+
+fn addrs_of(bound: &[BoundAddress], kind: ListenerKind) -> Vec<SocketAddr> {
+    bound
+        .iter()
+        .filter(|b| b.kind == kind)
+        .map(|b| b.local)
+        .collect()
+}
+
+fn run_core(setup: CoreSetup) {
+    let ready = setup.ready.clone();
+    let core = setup.core;
+    let outcome = match setup.driver {
+        Driver::Epoll => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot build the tokio runtime: {e}"))
+            .map(|rt| {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(
+                    &rt,
+                    core_main(setup, |l| tokio::net::TcpListener::from_std(l)),
+                );
+            }),
+        Driver::Uring => tokio_uring::Runtime::new(&tokio_uring::builder())
+            .map_err(|e| {
+                format!(
+                    "[server] io = \"uring\": io_uring is unavailable here ({e}); use \"epoll\""
+                )
+            })
+            .map(|rt| {
+                rt.block_on(core_main(setup, |l| {
+                    Ok(tokio_uring::net::TcpListener::from_std(l))
+                }))
+            }),
+    };
+    if let Err(message) = outcome {
+        error!(core, "{message}");
+        let _ = ready.send(Err(message));
+    }
+}
+
+/// The body of one core: a spool writer, one accept loop per listener, and
+/// the shutdown wait.
+async fn core_main<A, F>(setup: CoreSetup, adopt: F)
+where
+    A: Acceptor + 'static,
+    F: Fn(std::net::TcpListener) -> std::io::Result<A>,
+{
+    let CoreSetup {
+        core,
+        listeners,
+        spool,
+        session_config,
+        tls,
+        mut shutdown,
+        shutdown_timeout,
+        ready,
+        ..
+    } = setup;
+    let writer = match spool.writer(core) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = ready.send(Err(format!("spool writer: {e}")));
+            return;
+        }
+    };
+    let ctx = Rc::new(CoreContext {
+        core,
+        session_config,
+        tls,
+        spool: RefCell::new(writer),
+    });
+    let active = Rc::new(Cell::new(0usize));
+    let mut accept_loops = Vec::new();
+    for (kind, std_listener) in listeners {
+        let acceptor = match adopt(std_listener) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot register listener: {e}")));
+                return;
+            }
+        };
+        accept_loops.push(tokio::task::spawn_local(accept_loop(
+            acceptor,
+            kind,
+            ctx.clone(),
+            active.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let _ = ready.send(Ok(()));
+    drop(ready);
+
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    for task in &accept_loops {
+        task.abort();
+    }
+    let deadline = Instant::now() + shutdown_timeout;
+    while active.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if active.get() > 0 {
+        warn!(
+            core = ctx.core,
+            sessions = active.get(),
+            "shutdown timeout: closing open sessions"
+        );
+    }
+}
+
+async fn accept_loop<A: Acceptor + 'static>(
+    acceptor: A,
+    kind: ListenerKind,
+    ctx: Rc<CoreContext>,
+    active: Rc<Cell<usize>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let label = kind.label();
+    loop {
+        let accepted = tokio::select! {
+            r = acceptor.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                metrics::counter!("tern_connections_total", "listener" => label).increment(1);
+                let gauge = metrics::gauge!("tern_connections_active", "listener" => label);
+                gauge.increment(1.0);
+                active.set(active.get() + 1);
+                let ctx = ctx.clone();
+                let active = active.clone();
+                tokio::task::spawn_local(async move {
+                    smtp_conn::serve(stream, peer, kind, ctx).await;
+                    active.set(active.get() - 1);
+                    gauge.decrement(1.0);
+                });
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: back off instead of spinning.
+                warn!(listener = label, error = %e, "accept failed");
+                metrics::counter!("tern_accept_errors_total", "listener" => label).increment(1);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Drives one SMTP server session over one connection: moves bytes between
+//! the transport and the sans-IO `ServerSession`, stores finished messages
+//! in this core's spool writer, and upgrades to TLS on STARTTLS.
+//!
+//! This module must never decide anything about SMTP itself (replies, state,
+//! limits come from the session) and must never let a reply for a message
+//! out before the spool says the message is durable.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, info, warn};
+
+use super::listener::ListenerKind;
+use super::tls::TlsStream;
+use super::transport::{Transport, READ_CHUNK};
+use crate::smtp::{IncomingMessage, ServerSession, SessionConfig, SessionEvent};
+use crate::spool::{QueueId, SpoolError, SpoolWriter};
+
+/// What every connection on one core shares. Lives on that core only.
+pub struct CoreContext {
+    pub core: usize,
+    pub session_config: Arc<SessionConfig>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub spool: RefCell<SpoolWriter>,
+}
+
+impl CoreContext {
+    /// Append to this core's spool and wait until the record is durable.
+    async fn store(&self, message: &IncomingMessage) -> Result<QueueId, SpoolError> {
+        // The borrow ends before the await: other sessions on this core
+        // append while this one waits for the shared sync (group commit).
+        let (id, commit) = self
+            .spool
+            .borrow_mut()
+            .append(&message.envelope, &message.data)?;
+        commit.await?;
+        Ok(id)
+    }
+}
+
+enum Stream<T: Transport> {
+    Plain(T),
+    Tls(Box<TlsStream<T>>),
+}
+
+impl<T: Transport> Stream<T> {
+    async fn read(&mut self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
+        match self {
+            Stream::Plain(t) => t.read(buf).await,
+            Stream::Tls(t) => t.read(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        match self {
+            Stream::Plain(t) => t.write_all(buf).await,
+            Stream::Tls(t) => t.write_all(buf).await,
+        }
+    }
+}
+
+/// Create every ingest series (the session's included) at zero so dashboards and `rate()` see them
+/// before the first event (a counter that appears late hides its first burst).
+pub fn register_metrics(kinds: &[ListenerKind]) {
+    for kind in kinds {
+        let label = kind.label();
+        metrics::counter!("tern_connections_total", "listener" => label).absolute(0);
+        metrics::gauge!("tern_connections_active", "listener" => label).set(0.0);
+        metrics::counter!("tern_accept_errors_total", "listener" => label).absolute(0);
+    }
+    for class in ["2xx", "3xx", "4xx", "5xx"] {
+        metrics::counter!("tern_smtp_replies_total", "class" => class).absolute(0);
+    }
+    for result in ["ok", "error", "timeout"] {
+        metrics::counter!("tern_tls_handshakes_total", "result" => result).absolute(0);
+    }
+    metrics::counter!("tern_messages_accepted_total").absolute(0);
+    metrics::counter!("tern_message_bytes_accepted_total").absolute(0);
+    metrics::counter!("tern_messages_rejected_total", "reason" => "spool").absolute(0);
+    metrics::counter!("tern_smtp_timeouts_total").absolute(0);
+    for reason in ["bare_line_ending", "line_too_long", "too_large"] {
+        metrics::counter!("tern_smtp_messages_rejected_total", "reason" => reason).absolute(0);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Send the session's pending output. Err means the connection is gone.
+async fn flush<T: Transport>(
+    stream: &mut Stream<T>,
+    session: &mut ServerSession,
+    out: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), ()> {
+    if session.output().is_empty() {
+        return Ok(());
+    }
+    let mut buf = std::mem::take(out);
+    buf.clear();
+    buf.extend_from_slice(session.output());
+    let n = buf.len();
+    match tokio::time::timeout(timeout, stream.write_all(buf)).await {
+        Ok((Ok(()), buf)) => {
+            *out = buf;
+            session.consume_output(n);
+            Ok(())
+        }
+        Ok((Err(e), _)) => {
+            debug!(error = %e, "write failed");
+            Err(())
+        }
+        Err(_) => {
+            debug!("write timed out");
+            Err(())
+        }
+    }
+}
+
+/// Serve one SMTP connection to its end.
+pub async fn serve<T: Transport>(
+    transport: T,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    ctx: Rc<CoreContext>,
+) {
+    let mut session = ServerSession::new(ctx.session_config.clone(), peer.ip(), false);
+    let mut stream = Stream::Plain(transport);
+    let mut in_buf = Vec::with_capacity(READ_CHUNK);
+    let mut out_buf = Vec::with_capacity(1024);
+    let write_timeout = ctx.session_config.command_timeout;
+    loop {
+        match session.poll() {
+            SessionEvent::NeedInput => {
+                if flush(&mut stream, &mut session, &mut out_buf, write_timeout)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                let read = stream.read(std::mem::take(&mut in_buf));
+                match tokio::time::timeout(session.read_timeout(), read).await {
+                    Err(_) => {
+                        debug!(%peer, "read timed out");
+                        session.timed_out();
+                        in_buf = Vec::with_capacity(READ_CHUNK);
+                    }
+                    Ok((Ok(0), _)) => break,
+                    Ok((Ok(n), buf)) => {
+                        session.receive(&buf[..n]);
+                        in_buf = buf;
+                    }
+                    Ok((Err(e), _)) => {
+                        debug!(%peer, error = %e, "read failed");
+                        break;
+                    }
+                }
+            }
+            SessionEvent::Message(mut message) => {
+                message.envelope.received_at_ms = now_ms();
+                let size = message.data.len();
+                match ctx.store(&message).await {
+                    Ok(id) => {
+                        metrics::counter!("tern_messages_accepted_total").increment(1);
+                        metrics::counter!("tern_message_bytes_accepted_total")
+                            .increment(size as u64);
+                        info!(
+                            queue_id = %id,
+                            from = %message.envelope.sender,
+                            nrcpt = message.envelope.recipients.len(),
+                            size,
+                            client = %peer.ip(),
+                            listener = kind.label(),
+                            "message accepted"
+                        );
+                        session.message_stored(Ok(id.to_string()));
+                    }
+                    Err(e) => {
+                        metrics::counter!("tern_messages_rejected_total", "reason" => "spool")
+                            .increment(1);
+                        warn!(client = %peer.ip(), size, error = %e, "message not stored");
+                        session.message_stored(Err(&e));
+                    }
+                }
+            }
+            SessionEvent::StartTls => {
+                if flush(&mut stream, &mut session, &mut out_buf, write_timeout)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                let (Stream::Plain(plain), Some(config)) = (stream, ctx.tls.clone()) else {
+                    warn!(%peer, "STARTTLS event without a plaintext stream and TLS config");
+                    break;
+                };
+                let handshake = TlsStream::accept(plain, config);
+                match tokio::time::timeout(ctx.session_config.command_timeout, handshake).await {
+                    Ok(Ok(tls)) => {
+                        debug!(%peer, tls = %tls.describe(), "TLS established");
+                        metrics::counter!("tern_tls_handshakes_total", "result" => "ok")
+                            .increment(1);
+                        stream = Stream::Tls(Box::new(tls));
+                        session.tls_started();
+                    }
+                    Ok(Err(e)) => {
+                        info!(%peer, error = %e, "TLS handshake failed");
+                        metrics::counter!("tern_tls_handshakes_total", "result" => "error")
+                            .increment(1);
+                        break;
+                    }
+                    Err(_) => {
+                        info!(%peer, "TLS handshake timed out");
+                        metrics::counter!("tern_tls_handshakes_total", "result" => "timeout")
+                            .increment(1);
+                        break;
+                    }
+                }
+            }
+            SessionEvent::Close => {
+                let _ = flush(&mut stream, &mut session, &mut out_buf, write_timeout).await;
+                break;
+            }
+        }
+    }
+}

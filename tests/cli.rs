@@ -1,0 +1,114 @@
+//! The command line as an operator meets it: `check-config` names the bad
+//! key and the file, an unwritable spool stops start-up, and `queue list`
+//! works on an empty spool.
+
+use std::process::Command;
+
+fn tern(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .output()
+        .expect("tern runs")
+}
+
+#[test]
+fn check_config_accepts_the_example() {
+    let dir = tempfile::tempdir().unwrap();
+    // The example names production paths; point the spool at a temp dir.
+    let text = include_str!("../config/tern.toml")
+        .replace(
+            "/var/spool/tern",
+            &dir.path().join("spool").display().to_string(),
+        )
+        .replace("cert = ", "# cert = ")
+        .replace("key = ", "# key = ");
+    let path = dir.path().join("tern.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = tern(&["check-config", "-c", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn unknown_key_names_key_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\nmax_mesage_size = 5\n",
+    )
+    .unwrap();
+    let out = tern(&["check-config", "-c", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml") && err.contains("max_mesage_size"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_value_names_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[smtp]\nmax_recipients = 5\n").unwrap();
+    let out = tern(&["-c", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[smtp] max_recipients") && err.contains("bad.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unwritable_spool_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        "[smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\n[spool]\ndir = \"/proc/no-such/spool\"\n[metrics]\nlisten = \"\"\n",
+    )
+    .unwrap();
+    let out = tern(&["-c", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[spool] dir") && err.contains("/proc/no-such/spool"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let out = tern(&["check-config", "-c", "/nonexistent/tern.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tern.toml"));
+}
+
+#[test]
+fn queue_list_on_an_empty_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[spool]\ndir = \"{}\"\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+    let out = tern(&["queue", "list", "--json", "-c", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(0));
+}

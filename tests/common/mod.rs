@@ -1,0 +1,160 @@
+//! Helpers shared by the integration tests: a config on ephemeral loopback
+//! ports and a private spool, a test CA made at test time, and a plain
+//! blocking SMTP client for the raw-socket cases. Never reaches beyond
+//! 127.0.0.1; every read has a timeout so no test can hang.
+#![allow(dead_code)] // each test binary uses its own subset of these helpers
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use tern::config::{Config, IoMode};
+
+/// A small config: one SMTP listener on an ephemeral loopback port, no
+/// submission listener, no metrics endpoint, small segments, spool in `dir`.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.server.workers = 2;
+    c.server.io = IoMode::Epoll;
+    c.server.hostname = "tern.test".into();
+    c.server.shutdown_timeout = Duration::from_secs(5);
+    c.smtp.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.smtp.submission = vec![];
+    c.smtp.max_message_size = 256 * 1024;
+    c.smtp.max_recipients = 100;
+    c.spool.dir = dir.join("spool");
+    c.spool.segment_size = 1024 * 1024;
+    c.metrics.listen = None;
+    c
+}
+
+/// A CA and a `localhost` leaf certificate signed by it, written as PEM
+/// files into `dir`. Returns (ca_pem, cert_path, key_path).
+pub fn make_test_ca(dir: &Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tern test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, leaf_key.serialize_pem()).unwrap();
+    (ca.pem(), cert_path, key_path)
+}
+
+/// One SMTP reply: code and the text of every line.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+/// A line-oriented SMTP client over a blocking socket with timeouts.
+pub struct RawClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl RawClient {
+    /// Connect and read the greeting.
+    pub fn connect(addr: SocketAddr) -> std::io::Result<(RawClient, Reply)> {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let writer = stream.try_clone()?;
+        let mut client = RawClient {
+            reader: BufReader::new(stream),
+            writer,
+        };
+        let greeting = client.read_reply()?;
+        Ok((client, greeting))
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    pub fn read_reply(&mut self) -> std::io::Result<Reply> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed while reading a reply",
+                ));
+            }
+            let line = line.trim_end_matches(['\r', '\n']).to_string();
+            if line.len() < 3 || !line.is_char_boundary(3) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("malformed reply line {line:?}"),
+                ));
+            }
+            let code: u16 = line[..3].parse().map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("bad code {line:?}"),
+                )
+            })?;
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            lines.push(line);
+            if last {
+                return Ok(Reply { code, lines });
+            }
+        }
+    }
+
+    /// Send one command line (CRLF added) and read its reply.
+    pub fn cmd(&mut self, line: &str) -> std::io::Result<Reply> {
+        self.send(format!("{line}\r\n").as_bytes())?;
+        self.read_reply()
+    }
+
+    /// True when the server closed the connection (read gives EOF).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0))
+    }
+}
+
+/// Dot-stuff `body` and frame it for DATA (terminator included).
+pub fn data_frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    let mut at_line_start = true;
+    for &b in body {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !body.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+/// Extract the queue id from `250 2.0.0 Ok: queued as ID`.
+pub fn queue_id_of(reply: &Reply) -> Option<String> {
+    let text = reply.lines.last()?;
+    text.rsplit(' ').next().map(str::to_string)
+}

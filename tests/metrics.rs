@@ -1,0 +1,132 @@
+//! Metrics as an operator scrapes them: the real binary serves `/metrics`,
+//! the ingest counters move when a message is accepted, and every metric
+//! the Grafana dashboard queries is one tern actually exports.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{data_frame, RawClient};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(addr) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .unwrap();
+            let mut body = String::new();
+            if s.read_to_string(&mut body).is_ok() && body.starts_with("HTTP/1") {
+                return body;
+            }
+        }
+        assert!(Instant::now() < deadline, "metrics endpoint never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn value(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("series {series} not exported"))
+}
+
+fn dashboard_metric_names() -> BTreeSet<String> {
+    let text = include_str!("../dashboards/tern.json");
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("tern_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn metrics_move_and_dashboard_names_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.path().join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nworkers = 1\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\n\
+             [spool]\ndir = \"{}\"\nsegment_size = \"32MiB\"\n[metrics]\nlisten = \"{metrics_addr}\"\n",
+            dir.path().join("spool").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("-c")
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(start) = line.find("smtp=[") {
+                let tail = &line[start + 6..];
+                let addr: SocketAddr = tail[..tail.find(']').unwrap()].parse().unwrap();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let smtp = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("tern started");
+
+    let before = scrape(metrics_addr);
+    assert_eq!(value(&before, "tern_messages_accepted_total"), 0.0);
+
+    let (mut c, _) = RawClient::connect(smtp).unwrap();
+    c.cmd("EHLO metrics.test").unwrap();
+    c.cmd("MAIL FROM:<a@example.org>").unwrap();
+    c.cmd("RCPT TO:<b@example.net>").unwrap();
+    c.cmd("DATA").unwrap();
+    c.send(&data_frame(b"Subject: m\r\n\r\nhi\r\n")).unwrap();
+    assert_eq!(c.read_reply().unwrap().code, 250);
+    c.cmd("QUIT").unwrap();
+
+    let after = scrape(metrics_addr);
+    assert_eq!(value(&after, "tern_messages_accepted_total"), 1.0);
+    assert!(value(&after, "tern_spool_syncs_total") >= 1.0);
+    assert!(value(&after, "tern_connections_total{listener=\"smtp\"}") >= 1.0);
+    assert!(value(&after, "tern_smtp_replies_total{class=\"2xx\"}") >= 4.0);
+    assert!(value(&after, "tern_spool_commit_seconds_count") >= 1.0);
+
+    let exported: BTreeSet<&str> = after
+        .lines()
+        .filter(|l| l.starts_with("tern_"))
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+    for name in dashboard_metric_names() {
+        assert!(
+            exported.contains(name.as_str()),
+            "dashboards/tern.json queries {name}, which tern does not export; exported: {exported:?}"
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
