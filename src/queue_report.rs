@@ -8,7 +8,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::spool::{RecipientState, ScannedMessage};
+use crate::spool::{MessageView, RecipientState};
 
 /// One recipient and where it stands, as `queue list --json` prints it.
 #[derive(Debug, Serialize)]
@@ -57,7 +57,7 @@ fn state_parts(state: &RecipientState) -> (&'static str, Option<String>) {
     }
 }
 
-pub fn summary(m: &ScannedMessage) -> MessageReport<'_> {
+pub fn summary(m: &MessageView) -> MessageReport<'_> {
     let recipients = m
         .envelope
         .recipients
@@ -98,7 +98,7 @@ fn sender_text(sender: &str) -> &str {
 }
 
 /// `ID  SIZE  ARRIVAL  SENDER -> rcpt (state), ...`
-pub fn line(m: &ScannedMessage) -> String {
+pub fn line(m: &MessageView) -> String {
     let report = summary(m);
     let mut out = format!(
         "{}  {:>9}  {}  {} ->",
@@ -115,7 +115,7 @@ pub fn line(m: &ScannedMessage) -> String {
 }
 
 /// Header block printed by `queue show` before the message bytes.
-pub fn details(m: &ScannedMessage) -> String {
+pub fn details(m: &MessageView) -> String {
     let report = summary(m);
     let e = &m.envelope;
     let mut out = String::new();

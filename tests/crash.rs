@@ -32,8 +32,19 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// Kills the server when the test ends, even by a failed assertion, so no
+/// test leaves a tern running.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Start tern and wait for its "tern accepting" log line; return the SMTP address.
-fn spawn_tern(config: &Path) -> (Child, SocketAddr) {
+fn spawn_tern(config: &Path) -> (ServerProcess, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .arg("-c")
         .arg(config)
@@ -43,6 +54,7 @@ fn spawn_tern(config: &Path) -> (Child, SocketAddr) {
         .spawn()
         .expect("tern starts");
     let stderr = child.stderr.take().unwrap();
+    let child = ServerProcess(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
@@ -146,8 +158,8 @@ fn every_acknowledged_message_survives_kill_9() {
     while count.load(Ordering::Relaxed) < 3000 && started.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(10));
     }
-    child.kill().expect("SIGKILL delivered");
-    child.wait().unwrap();
+    child.0.kill().expect("SIGKILL delivered");
+    child.0.wait().unwrap();
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().unwrap();
@@ -160,7 +172,7 @@ fn every_acknowledged_message_survives_kill_9() {
     );
 
     // Restart: recovery must run cleanly and the server must come up.
-    let (mut child, addr) = spawn_tern(&config);
+    let (child, addr) = spawn_tern(&config);
     let (mut c, greeting) = RawClient::connect(addr).unwrap();
     assert_eq!(greeting.code, 220);
     c.cmd("QUIT").unwrap();
@@ -184,7 +196,7 @@ fn every_acknowledged_message_survives_kill_9() {
         .map(|m| m["id"].as_str().unwrap().to_string())
         .collect();
     let scanned = tern::spool::Spool::scan_readonly(&dir.path().join("spool")).unwrap();
-    let by_id: std::collections::HashMap<String, &tern::spool::ScannedMessage> =
+    let by_id: std::collections::HashMap<String, &tern::spool::MessageView> =
         scanned.iter().map(|m| (m.id.to_string(), m)).collect();
     let mut missing = Vec::new();
     for (id, bytes) in &acked {
@@ -204,8 +216,7 @@ fn every_acknowledged_message_survives_kill_9() {
     assert!(show.status.success());
     assert!(show.stdout.ends_with(sample_bytes));
 
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged messages lost: {:?}",

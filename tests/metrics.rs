@@ -75,14 +75,15 @@ fn metrics_move_and_dashboard_names_exist() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+    let mut process = Command::new(env!("CARGO_BIN_EXE_tern"))
         .arg("-c")
         .arg(&config)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = process.stderr.take().unwrap();
+    let _server = ServerProcess(process);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -127,6 +128,14 @@ fn metrics_move_and_dashboard_names_exist() {
             "dashboards/tern.json queries {name}, which tern does not export; exported: {exported:?}"
         );
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+}
+
+/// Kills the server when the test ends, pass or fail.
+struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

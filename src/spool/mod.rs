@@ -24,9 +24,7 @@ pub use error::SpoolError;
 pub use id::{QueueId, QueueIdParseError};
 pub use record::{decode_record, RecordError, SegmentLife};
 pub use state::RecipientState;
-pub use store::{
-    MessageView, QueuedMessage, ScannedMessage, Spool, SpoolConfig, DEFAULT_SEGMENT_SIZE,
-};
+pub use store::{MessageView, QueuedMessage, Spool, SpoolConfig, DEFAULT_SEGMENT_SIZE};
 pub use sync::Commit;
 pub use writer::SpoolWriter;
 

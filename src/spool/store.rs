@@ -170,13 +170,20 @@ pub struct QueuedMessage {
     pub size: u64,
 }
 
-/// One message read from the spool; its bytes are borrowed from the
-/// segment mapping, which the view keeps from being recycled.
+/// One message read from the spool (by [`Spool::read`] or
+/// [`Spool::scan_readonly`]); its bytes are borrowed from the segment
+/// mapping, which the view keeps from being recycled. Serializes without
+/// the bytes: everything `tern queue list --json` prints.
+#[derive(serde::Serialize)]
 pub struct MessageView {
     pub id: QueueId,
     pub envelope: Envelope,
     pub states: Vec<RecipientState>,
+    /// Message bytes.
+    pub size: u64,
+    #[serde(skip)]
     segment: Arc<Segment>,
+    #[serde(skip)]
     data: Range<usize>,
 }
 
@@ -189,36 +196,6 @@ impl MessageView {
 impl fmt::Debug for MessageView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MessageView")
-            .field("id", &self.id)
-            .field("size", &self.data.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// A message found by [`Spool::scan_readonly`]: everything `tern queue
-/// list --json` prints (serialized without the bytes) plus the bytes for
-/// `tern queue show`.
-#[derive(serde::Serialize)]
-pub struct ScannedMessage {
-    pub id: QueueId,
-    pub envelope: Envelope,
-    pub states: Vec<RecipientState>,
-    pub size: u64,
-    #[serde(skip)]
-    segment: Arc<Segment>,
-    #[serde(skip)]
-    data: Range<usize>,
-}
-
-impl ScannedMessage {
-    pub fn data(&self) -> &[u8] {
-        self.segment.bytes().get(self.data.clone()).unwrap_or(&[])
-    }
-}
-
-impl fmt::Debug for ScannedMessage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScannedMessage")
             .field("id", &self.id)
             .field("size", &self.size)
             .finish_non_exhaustive()
@@ -389,14 +366,15 @@ impl Spool {
             id: *id,
             envelope,
             states,
+            size: data.len() as u64,
             segment,
             data,
         })
     }
 
     /// Read-only scan for offline tools; never writes. Arrival order.
-    pub fn scan_readonly(dir: &Path) -> Result<Vec<ScannedMessage>, SpoolError> {
-        let mut out: Vec<ScannedMessage> = recovery::scan_readonly(dir)?
+    pub fn scan_readonly(dir: &Path) -> Result<Vec<MessageView>, SpoolError> {
+        let mut out: Vec<MessageView> = recovery::scan_readonly(dir)?
             .into_iter()
             .filter_map(|found| {
                 let segment = found.message.segment;
@@ -407,7 +385,7 @@ impl Spool {
                     .map(|(state, _)| state)
                     .collect();
                 match message_at(&segment, &found.id, true) {
-                    Ok((envelope, data)) => Some(ScannedMessage {
+                    Ok((envelope, data)) => Some(MessageView {
                         id: found.id,
                         envelope,
                         states,
