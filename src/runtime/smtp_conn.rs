@@ -68,22 +68,21 @@ impl<T: Transport> Stream<T> {
 pub fn register_metrics(kinds: &[ListenerKind]) {
     for kind in kinds {
         let label = kind.label();
-        metrics::counter!("tern_connections_total", "listener" => label).absolute(0);
-        metrics::gauge!("tern_connections_active", "listener" => label).set(0.0);
-        metrics::counter!("tern_accept_errors_total", "listener" => label).absolute(0);
+        metrics::counter!("tern_connections_total", "listener" => label).increment(0);
+        metrics::gauge!("tern_connections_active", "listener" => label).increment(0.0);
+        metrics::counter!("tern_accept_errors_total", "listener" => label).increment(0);
     }
     for class in ["2xx", "3xx", "4xx", "5xx"] {
-        metrics::counter!("tern_smtp_replies_total", "class" => class).absolute(0);
+        metrics::counter!("tern_smtp_replies_total", "class" => class).increment(0);
     }
     for result in ["ok", "error", "timeout"] {
-        metrics::counter!("tern_tls_handshakes_total", "result" => result).absolute(0);
+        metrics::counter!("tern_tls_handshakes_total", "result" => result).increment(0);
     }
-    metrics::counter!("tern_messages_accepted_total").absolute(0);
-    metrics::counter!("tern_message_bytes_accepted_total").absolute(0);
-    metrics::counter!("tern_messages_rejected_total", "reason" => "spool").absolute(0);
-    metrics::counter!("tern_smtp_timeouts_total").absolute(0);
-    for reason in ["bare_line_ending", "line_too_long", "too_large"] {
-        metrics::counter!("tern_smtp_messages_rejected_total", "reason" => reason).absolute(0);
+    metrics::counter!("tern_messages_accepted_total").increment(0);
+    metrics::counter!("tern_message_bytes_accepted_total").increment(0);
+    metrics::counter!("tern_smtp_timeouts_total").increment(0);
+    for reason in ["bare_line_ending", "line_too_long", "too_large", "spool"] {
+        metrics::counter!("tern_smtp_messages_rejected_total", "reason" => reason).increment(0);
     }
 }
 
@@ -184,7 +183,7 @@ pub async fn serve<T: Transport>(
                         session.message_stored(Ok(id.to_string()));
                     }
                     Err(e) => {
-                        metrics::counter!("tern_messages_rejected_total", "reason" => "spool")
+                        metrics::counter!("tern_smtp_messages_rejected_total", "reason" => "spool")
                             .increment(1);
                         warn!(client = %peer.ip(), size, error = %e, "message not stored");
                         session.message_stored(Err(&e));

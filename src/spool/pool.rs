@@ -87,6 +87,21 @@ impl Pool {
     }
 }
 
+/// Create the spool's counters at zero so they are exported before their
+/// first event (`increment(0)` registers without resetting a live value).
+pub(crate) fn register_counters() {
+    for name in [
+        "tern_spool_syncs_total",
+        "tern_spool_commit_errors_total",
+        "tern_spool_segments_created_total",
+        "tern_spool_segments_recycled_total",
+        "tern_spool_segments_deleted_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!("tern_spool_messages").increment(0.0);
+}
+
 pub(crate) fn publish_gauges(shared: &Shared) {
     metrics::gauge!("tern_spool_bytes_used").set(shared.bytes_used.load(Ordering::Relaxed) as f64);
     metrics::gauge!("tern_spool_segments", "state" => "in_use")

@@ -19,7 +19,7 @@ use std::thread::{self, JoinHandle};
 
 use super::id::{QueueId, MAX_SEGMENT_SIZE};
 use super::index::{Index, LiveMessage, Located};
-use super::pool::{publish_gauges, run_preparer, Pool};
+use super::pool::{publish_gauges, register_counters, run_preparer, Pool};
 use super::record::{decode_record, decode_verified, Record};
 use super::recovery;
 use super::segment::{io_error, Segment};
@@ -288,6 +288,7 @@ impl Spool {
         for (id, message) in recovered.live {
             shared.index.insert(id, message);
         }
+        register_counters();
         publish_gauges(&shared);
         let for_preparer = Arc::clone(&shared);
         let preparer = thread::Builder::new()
