@@ -294,7 +294,8 @@ TOML
         SAMPLER_PID=$LT_SAMPLER_PID
         ns=$(run_source "$PF_PORT" "$size" "$count" "$sess" "$cdir/source-postfix.log"); rc=$?
         st=$(src_status $rc "$cdir/source-postfix.log")
-        pf_mib=$(lt_mib "$(lt_rss_sampler_stop "$SAMPLER_PID" "$WORK/pf-rss")"); SAMPLER_PID=""
+        lt_rss_sampler_stop "$SAMPLER_PID" "$WORK/pf-rss" >"$WORK/pf-rss.peak"; SAMPLER_PID=""
+        pf_mib=$(lt_mib "$(cat "$WORK/pf-rss.peak")")
         pf_pss=$(lt_mib "$(lt_family_pss_kib "$master")")
         held=$(pf_held)
         [ -n "$st" ] && notes+=("postfix: $st")

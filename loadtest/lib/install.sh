@@ -60,7 +60,7 @@ lt_install_deps() {
     fi
     for t in smtp-source smtp-sink postconf postfix postsuper curl ss timeout hostname; do
         command -v "$t" >/dev/null 2>&1 || lt_die "$t still missing after install"
-    fi
+    done
     hostname >/dev/null 2>&1 || lt_die "'hostname' does not work; Postfix needs a working hostname"
     getent passwd postfix >/dev/null || lt_die "user 'postfix' missing (postfix package broken?)"
     getent group postdrop >/dev/null || lt_die "group 'postdrop' missing (postfix package broken?)"

@@ -50,6 +50,7 @@ pf_setup() {
         "alias_database ="
         "compatibility_level = 3.6"             # modern defaults, no compatibility warnings
         "maillog_file = $PF_DIR/maillog"        # log to a file via postlogd (no syslog here)
+        "maillog_file_prefixes = $PF_DIR"       # ... which must be under an allowed prefix
         "message_size_limit = 10485760"         # same limit as tern's max_message_size
         "queue_minfree = 0"
         # --- keep accepted mail queued: HOLD -----------------------------------
@@ -112,7 +113,10 @@ pf_setup() {
     pf_postconf -M postlog/unix-dgram >/dev/null 2>&1 ||
         pf_postconf -M "postlog/unix-dgram = postlog unix-dgram n - n - 1 postlogd"
 
-    postfix -c "$PF_CONF" check 2>&1 | sed 's/^/[postfix check] /' >&2
+    # postfix(1) reports to syslog unless stderr is a terminal; on failure the
+    # reason is in $PF_DIR/maillog (once the instance logs) or rerun by hand.
+    postfix -c "$PF_CONF" check >>"$PF_DIR/start.log" 2>&1 ||
+        lt_die "postfix -c $PF_CONF check failed (see $PF_DIR/maillog, or run: script -qc 'postfix -c $PF_CONF check' /dev/null)"
     pf_postconf -n >"$PF_DIR/postconf-n.txt"
     pf_postconf -Mf >"$PF_DIR/master-cf.txt"
 }
@@ -123,7 +127,8 @@ pf_start() {
     local port=$1
     postfix -c "$PF_CONF" start >>"$PF_DIR/start.log" 2>&1 || {
         cat "$PF_DIR/start.log" >&2
-        lt_die "postfix start failed"
+        tail -5 "$PF_DIR/maillog" >&2 2>/dev/null
+        lt_die "postfix start failed (rerun by hand: script -qc 'postfix -c $PF_CONF start' /dev/null)"
     }
     PF_STARTED=1
     lt_wait_listen "$port" 30 || lt_die "postfix smtpd did not listen on 127.0.0.1:$port"
