@@ -37,6 +37,8 @@
 #   LOADTEST_WORKDIR [/tmp] where spools and the Postfix queue live (same
 #                        filesystem for both, so their fsyncs are comparable)
 #   KEEP_WORKDIR [0]     1 = keep spools, queue and logs after the run
+#   INSTALL_ONLY [0]     1 = install the dependencies and stop
+#   FORCE_INSTALL [0]    1 = run the apt-get step even if the tools are there
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -101,6 +103,7 @@ SAMPLER_PID=""
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    [ -n "${SOURCE_PID:-}" ] && lt_stop_pid "$SOURCE_PID" 5
     [ -n "$SAMPLER_PID" ] && { touch "$WORK/pf-rss.stop" 2>/dev/null; kill "$SAMPLER_PID" 2>/dev/null; }
     lt_stop_pid "$SINK_PID" 5
     lt_stop_pid "$TERN_PID" 30
@@ -108,7 +111,8 @@ cleanup() {
     lt_remove_policy_rc_d
     lt_remove_main_cf
     if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-        if [ "$KEEP_WORKDIR" = 1 ] || [ $rc -ne 0 ]; then
+        # kept for a look when asked or after an error (not after ^C / TERM)
+        if [ "$KEEP_WORKDIR" = 1 ] || [ $rc = 1 ]; then
             lt_log "work dir kept: $WORK"
         else
             rm -rf "$WORK"
@@ -125,10 +129,11 @@ PORTS=()
 [ "$SKIP_SINK" = 1 ] || PORTS+=("$SINK_PORT")
 [ "$SKIP_TERN" = 1 ] || PORTS+=("$TERN_PORT" "$TERN_METRICS_PORT")
 [ "$SKIP_POSTFIX" = 1 ] || PORTS+=("$PF_PORT")
-lt_require_free_ports "${PORTS[@]}"
+[ "${INSTALL_ONLY:-0}" = 1 ] || lt_require_free_ports "${PORTS[@]}"
 [ "$(id -u)" = 0 ] || lt_die "run as root (installs packages, runs a private Postfix)"
 
 lt_install_deps
+if [ "${INSTALL_ONLY:-0}" = 1 ]; then lt_log "INSTALL_ONLY=1: dependencies present, done"; exit 0; fi
 
 if [ "$SKIP_TERN" != 1 ]; then
     if [ -z "${TERN_BIN:-}" ]; then
@@ -179,17 +184,24 @@ HDR=$(printf '%-11s %8s %8s %8s %7s %7s %8s %8s %8s %8s %8s  %s' \
 say "$HDR"
 
 # ---------------------------------------------------------------- load runs
-# run_source PORT SIZE COUNT SESSIONS LOGFILE -> prints elapsed ns; rc of smtp-source
+# run_source PORT SIZE COUNT SESSIONS LOGFILE -> sets SRC_NS (elapsed ns) and
+# SRC_RC (smtp-source's exit code, 124 = timed out). Runs smtp-source in the
+# background and waits, so a TERM/INT reaches our trap at once.
+SOURCE_PID=""
+SRC_NS=0
+SRC_RC=0
 run_source() {
-    local port=$1 size=$2 count=$3 sess=$4 log=$5 t0 t1 rc
+    local port=$1 size=$2 count=$3 sess=$4 log=$5 t0 t1
     t0=$(lt_now_ns)
     # shellcheck disable=SC2086
     timeout "$RUN_TIMEOUT" smtp-source -s "$sess" -m "$count" -l "$size" -r 1 \
-        -f "$SENDER" -t "$RCPT" $SOURCE_EXTRA "127.0.0.1:$port" >"$log" 2>&1
-    rc=$?
+        -f "$SENDER" -t "$RCPT" $SOURCE_EXTRA "127.0.0.1:$port" >"$log" 2>&1 &
+    SOURCE_PID=$!
+    wait "$SOURCE_PID"
+    SRC_RC=$?
     t1=$(lt_now_ns)
-    echo $((t1 - t0))
-    return $rc
+    SOURCE_PID=""
+    SRC_NS=$((t1 - t0))
 }
 src_status() {  # rc logfile -> "" when fine, else a short note
     local rc=$1 log=$2 n
@@ -215,7 +227,7 @@ run_case() {
         smtp-sink -u postfix "127.0.0.1:$SINK_PORT" 1024 >"$cdir/sink.log" 2>&1 &
         SINK_PID=$!
         lt_wait_listen "$SINK_PORT" 10 "$SINK_PID" || lt_die "smtp-sink did not start: $(cat "$cdir/sink.log")"
-        ns=$(run_source "$SINK_PORT" "$size" "$count" "$sess" "$cdir/source-sink.log"); rc=$?
+        run_source "$SINK_PORT" "$size" "$count" "$sess" "$cdir/source-sink.log"; ns=$SRC_NS rc=$SRC_RC
         st=$(src_status $rc "$cdir/source-sink.log")
         [ $rc = 0 ] && sink_r=$(lt_rate "$count" "$ns")
         [ -n "$st" ] && notes+=("sink: $st")
@@ -249,7 +261,7 @@ TOML
             lt_die "tern did not listen on 127.0.0.1:$TERN_PORT and :$TERN_METRICS_PORT"
         fi
         lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$cdir/tern/metrics-before.txt"
-        ns=$(run_source "$TERN_PORT" "$size" "$count" "$sess" "$cdir/source-tern.log"); rc=$?
+        run_source "$TERN_PORT" "$size" "$count" "$sess" "$cdir/source-tern.log"; ns=$SRC_NS rc=$SRC_RC
         st=$(src_status $rc "$cdir/source-tern.log")
         lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$cdir/tern/metrics-after.txt"
         tern_mib=$(lt_mib "$(lt_hwm_kib "$TERN_PID")")
@@ -292,7 +304,7 @@ TOML
         master=$(pf_master_pid)
         lt_rss_sampler_start "$master" "$WORK/pf-rss"
         SAMPLER_PID=$LT_SAMPLER_PID
-        ns=$(run_source "$PF_PORT" "$size" "$count" "$sess" "$cdir/source-postfix.log"); rc=$?
+        run_source "$PF_PORT" "$size" "$count" "$sess" "$cdir/source-postfix.log"; ns=$SRC_NS rc=$SRC_RC
         st=$(src_status $rc "$cdir/source-postfix.log")
         lt_rss_sampler_stop "$SAMPLER_PID" "$WORK/pf-rss" >"$WORK/pf-rss.peak"; SAMPLER_PID=""
         pf_mib=$(lt_mib "$(cat "$WORK/pf-rss.peak")")

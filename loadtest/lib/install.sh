@@ -32,6 +32,7 @@ lt_install_deps() {
     command -v hostname    >/dev/null 2>&1 || need+=(hostname)
     command -v ss          >/dev/null 2>&1 || need+=(iproute2)
     command -v timeout     >/dev/null 2>&1 || need+=(coreutils)
+    [ "${FORCE_INSTALL:-0}" = 1 ] && need+=(postfix curl)
     if [ ${#need[@]} -gt 0 ]; then
         # de-duplicate
         mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
