@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # loadtest/lib/common.sh -- sourced by loadtest/accept.sh.
 #
 # Purpose: small helpers for the accept load test: logging, loopback port
@@ -104,6 +105,7 @@ lt_family_pss_kib() {
 # Background sampler: records the peak of lt_family_rss_kib ROOT into FILE
 # every 0.5 s until FILE.stop exists. Sets LT_SAMPLER_PID (call it directly,
 # not inside $(...), so the sampler is our own child and can be waited for).
+# shellcheck disable=SC2034  # read by accept.sh
 LT_SAMPLER_PID=""
 lt_rss_sampler_start() {
     local root=$1 file=$2
@@ -117,6 +119,7 @@ lt_rss_sampler_start() {
             sleep 0.5
         done
     ) >/dev/null 2>&1 &
+    # shellcheck disable=SC2034  # read by accept.sh
     LT_SAMPLER_PID=$!
 }
 lt_rss_sampler_stop() {

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # loadtest/lib/install.sh -- sourced by loadtest/accept.sh.
 #
 # Purpose: make sure Postfix's load tools (smtp-source, smtp-sink, postconf,

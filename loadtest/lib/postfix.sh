@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # loadtest/lib/postfix.sh -- sourced by loadtest/accept.sh.
 #
 # Purpose: build, start, stop and empty a private Postfix instance for the
