@@ -29,7 +29,8 @@
 #   RUN_TIMEOUT [300]    seconds allowed for one smtp-source run
 #   LOADTEST_PORT_BASE [25250]  sink=N, tern=N+1, tern metrics=N+2, postfix=N+3
 #   TERN_BIN [<repo>/target/release/tern, built with cargo if missing]
-#   TERN_IO [auto]       tern [server] io: auto | uring | epoll
+#   TERN_IO [auto]       tern [server] io: auto | uring | epoll; several, e.g.
+#                        "epoll uring", run tern once per mode (one line each)
 #   TERN_WORKERS [0]     tern [server] workers (0 = all cores)
 #   SKIP_TERN / SKIP_POSTFIX / SKIP_SINK [0]  1 = leave that target out
 #   SOURCE_EXTRA [""]    extra smtp-source options, e.g. "-d" to keep one
@@ -79,6 +80,10 @@ RCPT=rcpt@remote.example        # a remote domain: both MTAs must queue it for r
 
 for v in COUNT_1K COUNT_32K RUN_TIMEOUT BASE TERN_WORKERS; do
     [[ ${!v} =~ ^[0-9]+$ ]] || lt_die "$v must be a non-negative integer (got '${!v}')"
+done
+
+for io in $TERN_IO; do
+    case $io in auto | uring | epoll) ;; *) lt_die "TERN_IO: '$io' is not auto, uring or epoll" ;; esac
 done
 
 count_for() {   # messages for a body size
@@ -161,7 +166,7 @@ fi
 
 # ---------------------------------------------------------------- preamble
 cmdline="QUICK=$QUICK COUNT_1K=$COUNT_1K COUNT_32K=$COUNT_32K SIZES=\"$SIZES\" SESSIONS=\"$SESSIONS\""
-[ "$SKIP_TERN" = 1 ] && cmdline+=" SKIP_TERN=1" || cmdline+=" TERN_BIN=$TERN_BIN TERN_IO=$TERN_IO TERN_WORKERS=$TERN_WORKERS"
+[ "$SKIP_TERN" = 1 ] && cmdline+=" SKIP_TERN=1" || cmdline+=" TERN_BIN=$TERN_BIN TERN_IO=\"$TERN_IO\" TERN_WORKERS=$TERN_WORKERS"
 [ "$SKIP_POSTFIX" = 1 ] && cmdline+=" SKIP_POSTFIX=1"
 [ "$SKIP_SINK" = 1 ] && cmdline+=" SKIP_SINK=1"
 [ -n "$SOURCE_EXTRA" ] && cmdline+=" SOURCE_EXTRA=\"$SOURCE_EXTRA\""
@@ -179,7 +184,7 @@ say "#   tern%sink = tern msg/s / sink msg/s; syncs/s = tern_spool_syncs_total d
 say "#   msg/sync = mean tern_spool_commit_batch_size; tern RSS = VmHWM of the tern process;"
 say "#   pf RSS = peak sum of VmRSS over Postfix master + children (sampled 2/s), pf PSS = their Pss at the end"
 say ""
-HDR=$(printf '%-11s %8s %8s %8s %7s %7s %8s %8s %8s %8s %8s  %s' \
+HDR=$(printf '%-17s %8s %8s %8s %7s %7s %8s %8s %8s %8s %8s  %s' \
     case "sink/s" "tern/s" "pf/s" "tern/pf" "%sink" "syncs/s" "msg/sync" "ternMiB" "pfRSSMiB" "pfPSSMiB" check)
 say "$HDR"
 
@@ -211,9 +216,73 @@ src_status() {  # rc logfile -> "" when fine, else a short note
     [ "$n" = 0 ] || echo "$n smtp-source msgs: $(head -1 "$log" | cut -c1-60)"
 }
 
+# run_tern NAME SIZE COUNT SESSIONS IO CASEDIR -> sets TR_RATE TR_SYNCS TR_PERSYNC
+# TR_MIB and TR_NOTES (array). A fresh tern with a fresh spool every time.
+run_tern() {
+    local name=$1 size=$2 count=$3 sess=$4 io=$5 cdir=$6/tern-$5 ns rc st
+    TR_RATE=NA TR_SYNCS=NA TR_PERSYNC=NA TR_MIB=NA TR_NOTES=()
+    lt_require_free_ports "$TERN_PORT" "$TERN_METRICS_PORT"
+    lt_log "$name: tern (io=$io), $count messages"
+    mkdir -p "$cdir/spool"
+    cat >"$cdir/tern.toml" <<TOML
+# written by loadtest/accept.sh for one case; fresh spool
+[server]
+workers = $TERN_WORKERS
+io = "$io"
+[smtp]
+listen = ["127.0.0.1:$TERN_PORT"]
+submission = []
+max_message_size = 10485760
+[spool]
+dir = "$cdir/spool"
+[metrics]
+listen = "127.0.0.1:$TERN_METRICS_PORT"
+TOML
+    (cd "$cdir" && exec "$TERN_BIN" -c "$cdir/tern.toml") 2>"$cdir/stderr.log" &
+    TERN_PID=$!
+    if ! lt_wait_listen "$TERN_PORT" 30 "$TERN_PID" || ! lt_wait_listen "$TERN_METRICS_PORT" 10 "$TERN_PID"; then
+        tail -20 "$cdir/stderr.log" >&2
+        lt_die "tern (io=$io) did not listen on 127.0.0.1:$TERN_PORT and :$TERN_METRICS_PORT"
+    fi
+    lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$cdir/metrics-before.txt"
+    run_source "$TERN_PORT" "$size" "$count" "$sess" "$cdir/source.log"; ns=$SRC_NS rc=$SRC_RC
+    st=$(src_status $rc "$cdir/source.log")
+    lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$cdir/metrics-after.txt"
+    TR_MIB=$(lt_mib "$(lt_hwm_kib "$TERN_PID")")
+    kill -0 "$TERN_PID" 2>/dev/null || TR_NOTES+=("tern died: $(tail -1 "$cdir/stderr.log" | cut -c1-80)")
+    lt_stop_pid "$TERN_PID" 30; TERN_PID=""
+    [ -n "$st" ] && TR_NOTES+=("tern: $st")
+    [ "$rc" = 0 ] && TR_RATE=$(lt_rate "$count" "$ns")
+    local b=$cdir/metrics-before.txt a=$cdir/metrics-after.txt syn acc bs bc
+    if [ -s "$a" ]; then
+        # counters: after - before, summed over all label sets (cores)
+        syn=$(lt_metric "$a" tern_spool_syncs_total)
+        [ "$syn" != NA ] && syn=$((syn - $(lt_metric "$b" tern_spool_syncs_total | sed 's/NA/0/')))
+        acc=$(lt_metric "$a" tern_messages_accepted_total)
+        [ "$acc" != NA ] && acc=$((acc - $(lt_metric "$b" tern_messages_accepted_total | sed 's/NA/0/')))
+        bs=$(lt_metric "$a" tern_spool_commit_batch_size_sum)
+        bc=$(lt_metric "$a" tern_spool_commit_batch_size_count)
+        if [ "$bs" != NA ] && [ "$bc" != NA ]; then
+            bs=$((bs - $(lt_metric "$b" tern_spool_commit_batch_size_sum | sed 's/NA/0/')))
+            bc=$((bc - $(lt_metric "$b" tern_spool_commit_batch_size_count | sed 's/NA/0/')))
+            TR_PERSYNC=$(lt_div "$bs" "$bc")
+        else
+            TR_PERSYNC=$(lt_div "$acc" "$syn")
+        fi
+        TR_SYNCS=$(lt_rate "$syn" "$ns")
+        [ "$syn" = NA ] && TR_NOTES+=("no tern_spool_syncs_total")
+        if [ "$acc" = NA ]; then TR_NOTES+=("no tern_messages_accepted_total")
+        elif [ "$acc" != "$count" ]; then TR_NOTES+=("tern accepted $acc/$count"); fi
+    else
+        TR_NOTES+=("tern metrics unreachable")
+    fi
+    # free the disk between runs
+    [ "$KEEP_WORKDIR" = 1 ] || rm -rf "$cdir/spool"
+}
+
 run_case() {
-    local size=$1 sess=$2 count name sink_r=NA tern_r=NA pf_r=NA
-    local syncs_s=NA per_sync=NA tern_mib=NA pf_mib=NA pf_pss=NA notes=() ns rc st
+    local size=$1 sess=$2 count name sink_r=NA pf_r=NA
+    local pf_mib=NA pf_pss=NA notes=() ns rc st
     count=$(count_for "$size")
     name="$(size_name "$size") s=$sess"
     local cdir=$WORK/case-$size-$sess
@@ -235,63 +304,15 @@ run_case() {
         lt_wait_free "$SINK_PORT" 10
     fi
 
-    # (b) tern, fresh spool
+    # (b) tern, once per io mode in TERN_IO, fresh spool each time
+    local io i=0 t_rate=() t_syncs=() t_persync=() t_mib=() t_notes=()
     if [ "$SKIP_TERN" != 1 ]; then
-        lt_require_free_ports "$TERN_PORT" "$TERN_METRICS_PORT"
-        lt_log "$name: tern, $count messages"
-        mkdir -p "$cdir/tern/spool"
-        cat >"$cdir/tern/tern.toml" <<TOML
-# written by loadtest/accept.sh for one case; fresh spool
-[server]
-workers = $TERN_WORKERS
-io = "$TERN_IO"
-[smtp]
-listen = ["127.0.0.1:$TERN_PORT"]
-submission = []
-max_message_size = 10485760
-[spool]
-dir = "$cdir/tern/spool"
-[metrics]
-listen = "127.0.0.1:$TERN_METRICS_PORT"
-TOML
-        (cd "$cdir/tern" && exec "$TERN_BIN" -c "$cdir/tern/tern.toml") 2>"$cdir/tern/stderr.log" &
-        TERN_PID=$!
-        if ! lt_wait_listen "$TERN_PORT" 30 "$TERN_PID" || ! lt_wait_listen "$TERN_METRICS_PORT" 10 "$TERN_PID"; then
-            tail -20 "$cdir/tern/stderr.log" >&2
-            lt_die "tern did not listen on 127.0.0.1:$TERN_PORT and :$TERN_METRICS_PORT"
-        fi
-        lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$cdir/tern/metrics-before.txt"
-        run_source "$TERN_PORT" "$size" "$count" "$sess" "$cdir/source-tern.log"; ns=$SRC_NS rc=$SRC_RC
-        st=$(src_status $rc "$cdir/source-tern.log")
-        lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$cdir/tern/metrics-after.txt"
-        tern_mib=$(lt_mib "$(lt_hwm_kib "$TERN_PID")")
-        kill -0 "$TERN_PID" 2>/dev/null || notes+=("tern died: $(tail -1 "$cdir/tern/stderr.log" | cut -c1-80)")
-        lt_stop_pid "$TERN_PID" 30; TERN_PID=""
-        [ -n "$st" ] && notes+=("tern: $st")
-        [ $rc = 0 ] && tern_r=$(lt_rate "$count" "$ns")
-        local b a syn acc bs bc
-        b=$cdir/tern/metrics-before.txt a=$cdir/tern/metrics-after.txt
-        if [ -s "$a" ]; then
-            syn=$(lt_div "$(lt_metric "$a" tern_spool_syncs_total)" 1 %.0f)
-            [ "$syn" != NA ] && syn=$(( syn - $(lt_metric "$b" tern_spool_syncs_total | sed 's/NA/0/') ))
-            acc=$(lt_metric "$a" tern_messages_accepted_total)
-            [ "$acc" != NA ] && acc=$(( acc - $(lt_metric "$b" tern_messages_accepted_total | sed 's/NA/0/') ))
-            bs=$(lt_metric "$a" tern_spool_commit_batch_size_sum)
-            bc=$(lt_metric "$a" tern_spool_commit_batch_size_count)
-            if [ "$bs" != NA ] && [ "$bc" != NA ]; then
-                bs=$(awk -v x="$bs" -v y="$(lt_metric "$b" tern_spool_commit_batch_size_sum | sed 's/NA/0/')" 'BEGIN { print x - y }')
-                bc=$(awk -v x="$bc" -v y="$(lt_metric "$b" tern_spool_commit_batch_size_count | sed 's/NA/0/')" 'BEGIN { print x - y }')
-                per_sync=$(lt_div "$bs" "$bc")
-            else
-                per_sync=$(lt_div "$acc" "$syn")
-            fi
-            syncs_s=$(lt_rate "$syn" "$ns")
-            [ "$syn" = NA ] && notes+=("no tern_spool_syncs_total")
-            if [ "$acc" = NA ]; then notes+=("no tern_messages_accepted_total")
-            elif [ "$acc" != "$count" ]; then notes+=("tern accepted $acc/$count"); fi
-        else
-            notes+=("tern metrics unreachable")
-        fi
+        for io in $TERN_IO; do
+            run_tern "$name" "$size" "$count" "$sess" "$io" "$cdir"
+            t_rate[i]=$TR_RATE t_syncs[i]=$TR_SYNCS t_persync[i]=$TR_PERSYNC t_mib[i]=$TR_MIB
+            t_notes[i]=$(IFS=';'; echo "${TR_NOTES[*]}")
+            i=$((i + 1))
+        done
     fi
 
     # (c) private Postfix, empty queue, restarted per case (so RSS is per case)
@@ -319,14 +340,22 @@ TOML
         pf_flush_queue
     fi
 
-    local check=ok
-    [ ${#notes[@]} -gt 0 ] && check=$(IFS=';'; echo "${notes[*]}")
-    say "$(printf '%-11s %8s %8s %8s %7s %7s %8s %8s %8s %8s %8s  %s' "$name" \
-        "$sink_r" "$tern_r" "$pf_r" "$(lt_div "$tern_r" "$pf_r" %.2f)" \
-        "$(lt_div "$(lt_div "$tern_r" 0.01 %.4f)" "$sink_r" %.0f%%)" \
-        "$syncs_s" "$per_sync" "$tern_mib" "$pf_mib" "$pf_pss" "$check")"
-    # free the disk between cases
-    [ "$KEEP_WORKDIR" = 1 ] || rm -rf "$cdir/tern/spool"
+    # one line per tern io mode (one line with tern NA when SKIP_TERN=1)
+    local modes=() label check k n=1
+    read -ra modes <<<"$TERN_IO"
+    [ "$SKIP_TERN" = 1 ] || n=${#modes[@]}
+    for ((k = 0; k < n; k++)); do
+        local tr=${t_rate[k]:-NA} allnotes=("${notes[@]}")
+        [ -n "${t_notes[k]:-}" ] && allnotes+=("${t_notes[k]}")
+        check=ok
+        [ ${#allnotes[@]} -gt 0 ] && check=$(IFS=';'; echo "${allnotes[*]}")
+        label=$name
+        [ "$SKIP_TERN" != 1 ] && [ ${#modes[@]} -gt 1 ] && label="$name ${modes[k]}"
+        say "$(printf '%-17s %8s %8s %8s %7s %7s %8s %8s %8s %8s %8s  %s' "$label" \
+            "$sink_r" "$tr" "$pf_r" "$(lt_div "$tr" "$pf_r" %.2f)" \
+            "$(lt_div "$(lt_div "$tr" 0.01 %.4f)" "$sink_r" %.0f%%)" \
+            "${t_syncs[k]:-NA}" "${t_persync[k]:-NA}" "${t_mib[k]:-NA}" "$pf_mib" "$pf_pss" "$check")"
+    done
 }
 
 for size in $SIZES; do
