@@ -351,6 +351,7 @@ run_case() {
         [ -n "${t_notes[k]:-}" ] && allnotes+=("${t_notes[k]}")
         check=ok
         [ ${#allnotes[@]} -gt 0 ] && check=$(IFS=';'; echo "${allnotes[*]}")
+        [ "$check" = ok ] || CHECK_FAILED=1
         label=$name
         [ "$SKIP_TERN" != 1 ] && [ ${#modes[@]} -gt 1 ] && label="$name ${modes[k]}"
         say "$(printf '%-17s %8s %8s %8s %7s %7s %8s %8s %8s %8s %8s  %s' "$label" \
@@ -360,6 +361,7 @@ run_case() {
     done
 }
 
+CHECK_FAILED=0
 for size in $SIZES; do
     for sess in $SESSIONS; do
         run_case "$size" "$sess"
@@ -367,3 +369,7 @@ for size in $SIZES; do
 done
 say ""
 say "# load avg at end: $(cut -d' ' -f1-3 /proc/loadavg); results: ${OUT#"$REPO"/}"
+if [ "$CHECK_FAILED" = 1 ]; then
+    say "# FAILED: at least one case's check is not ok (see the check column)"
+    exit 1
+fi
