@@ -19,10 +19,10 @@ const CLIENTS: usize = 24;
 /// Stop sending after this many acknowledgements even if the kill is late.
 const MAX_ACKS: usize = 20_000;
 
-fn write_config(dir: &Path) -> std::path::PathBuf {
+fn write_config(dir: &Path, io: &str) -> std::path::PathBuf {
     let path = dir.join("tern.toml");
     let text = format!(
-        "[server]\nworkers = 2\nhostname = \"crash.test\"\n\
+        "[server]\nworkers = 2\nio = \"{io}\"\nhostname = \"crash.test\"\n\
          [smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\nmax_message_size = \"64KiB\"\nmax_recipients = 100\n\
          [spool]\ndir = \"{}\"\nsegment_size = \"512KiB\"\n\
          [metrics]\nlisten = \"\"\n[log]\nlevel = \"info\"\n",
@@ -139,9 +139,18 @@ fn client_loop(
 }
 
 #[test]
-fn every_acknowledged_message_survives_kill_9() {
+fn every_acknowledged_message_survives_kill_9_epoll() {
+    kill_9_under_load("epoll");
+}
+
+#[test]
+fn every_acknowledged_message_survives_kill_9_io_uring() {
+    kill_9_under_load("uring");
+}
+
+fn kill_9_under_load(io: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
+    let config = write_config(dir.path(), io);
     let acked = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -225,7 +234,7 @@ fn every_acknowledged_message_survives_kill_9() {
         &missing[..missing.len().min(10)]
     );
     eprintln!(
-        "crash test: {} acknowledged, {} in spool after restart, 0 lost",
+        "crash test ({io}): {} acknowledged, {} in spool after restart, 0 lost",
         acked.len(),
         scanned.len()
     );
