@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tern::envelope::{BodyType, ClientInfo, Envelope, Notify, Recipient};
-use tern::smtp::{parse_command, DataDecoder, Framing, ServerSession, SessionConfig, SessionEvent};
+use tern::smtp::{
+    parse_command, DataDecoder, Framing, RelayAccess, ServerSession, SessionConfig, SessionEvent,
+};
 use tern::spool::{Spool, SpoolConfig};
 
 fn body(size: usize) -> Vec<u8> {
@@ -72,6 +74,7 @@ fn session_config() -> Arc<SessionConfig> {
         starttls_available: false,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
+        relay_access: RelayAccess::new(&["127.0.0.0/8".parse().unwrap()], &[], &[]),
     })
 }
 

@@ -48,6 +48,7 @@ pub struct Config {
     pub smtp: SmtpSection,
     pub spool: SpoolSection,
     pub tls: TlsSection,
+    pub relay: RelaySection,
     pub metrics: MetricsSection,
     pub log: LogSection,
 }
@@ -101,6 +102,20 @@ pub struct SpoolSection {
     /// Upper bound of all segment files together; 0 = only the disk limits it.
     #[serde(with = "size_text")]
     pub max_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySection {
+    /// Clients that may send to any domain (CIDRs or single addresses).
+    /// Everyone else may only send to local and relay domains.
+    #[serde(with = "networks_text")]
+    pub mynetworks: Vec<ipnet::IpNet>,
+    /// Domains whose mail tern delivers itself.
+    pub local_domains: Vec<String>,
+    /// Domains tern accepts from anyone and relays onward (backup MX).
+    /// A leading dot (".example.org") means every subdomain.
+    pub relay_domains: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -165,6 +180,19 @@ impl Default for SpoolSection {
             dir: PathBuf::from("var/spool"),
             segment_size: SEGMENT_SIZE_DEFAULT,
             max_size: 0,
+        }
+    }
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        RelaySection {
+            mynetworks: vec![
+                "127.0.0.0/8".parse().expect("literal CIDR"),
+                "::1/128".parse().expect("literal CIDR"),
+            ],
+            local_domains: Vec::new(),
+            relay_domains: Vec::new(),
         }
     }
 }
@@ -316,6 +344,20 @@ impl Config {
             }
             _ => {}
         }
+        for (key, domains) in [
+            ("[relay] local_domains", &self.relay.local_domains),
+            ("[relay] relay_domains", &self.relay.relay_domains),
+        ] {
+            for d in domains {
+                let bare = d.strip_prefix('.').unwrap_or(d);
+                if bare.is_empty()
+                    || bare.starts_with('.')
+                    || d.contains(|c: char| c.is_whitespace() || c == '@' || c.is_control())
+                {
+                    return Err(invalid(key, format!("{d:?} is not a domain")));
+                }
+            }
+        }
         if self.log.level.trim().is_empty() {
             return Err(invalid("[log] level", "must not be empty".into()));
         }
@@ -430,6 +472,31 @@ mod duration_text {
                 "`{text}` is not a duration ({e}; examples: \"30s\", \"5m\", \"1h 30m\")"
             ))
         })
+    }
+}
+
+mod networks_text {
+    use super::*;
+    use ipnet::IpNet;
+
+    pub fn serialize<S: Serializer>(v: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|n| n.to_string()))
+    }
+
+    /// CIDRs, or bare addresses meaning a single host (as Postfix allows).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| {
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "`{text}` is not a network (examples: \"192.0.2.0/24\", \"2001:db8::/32\", \"198.51.100.7\")"
+                        ))
+                    })
+            })
+            .collect()
     }
 }
 
@@ -554,6 +621,26 @@ mod tests {
     fn tls_needs_both_halves() {
         let e = parse("[tls]\ncert = \"c.pem\"\n").unwrap_err().to_string();
         assert!(e.contains("[tls] key"), "{e}");
+    }
+
+    #[test]
+    fn relay_networks_and_domains() {
+        let c = parse(
+            "[relay]\nmynetworks = [\"192.0.2.0/24\", \"198.51.100.7\", \"2001:db8::/32\"]\n\
+             relay_domains = [\".example.org\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.relay.mynetworks.len(), 3);
+        assert_eq!(c.relay.mynetworks[1].to_string(), "198.51.100.7/32");
+        let e = parse("[relay]\nmynetworks = [\"10.0.0.0/33\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mynetworks") && e.contains("10.0.0.0/33"), "{e}");
+        let e = parse("[relay]\nlocal_domains = [\"a b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[relay] local_domains"), "{e}");
+        assert_eq!(Config::default().relay.mynetworks.len(), 2);
     }
 
     #[test]

@@ -307,3 +307,29 @@ fn idle_client_is_timed_out_with_421() {
     assert!(c.is_closed());
     server.shutdown();
 }
+
+#[test]
+fn no_open_relay_for_untrusted_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    // Loopback is not trusted here, so the test client is a stranger.
+    config.relay.mynetworks = vec![];
+    config.relay.local_domains = vec!["local.test".into()];
+    let server = start(&config);
+    let (mut c, _) = RawClient::connect(server.smtp_addrs[0]).unwrap();
+    c.cmd("EHLO stranger.test").unwrap();
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").unwrap().code, 250);
+    let denied = c.cmd("RCPT TO:<victim@example.net>").unwrap();
+    assert_eq!(denied.code, 554, "{denied:?}");
+    assert!(denied.text().contains("5.7.1"), "{denied:?}");
+    assert_eq!(c.cmd("RCPT TO:<user@local.test>").unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    c.send(&data_frame(b"Subject: local only\r\n\r\nhi\r\n"))
+        .unwrap();
+    assert_eq!(c.read_reply().unwrap().code, 250);
+    let queued = server.spool.queued();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].envelope.recipients.len(), 1);
+    assert_eq!(queued[0].envelope.recipients[0].address, "user@local.test");
+    server.shutdown();
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tern::smtp::{ServerSession, SessionConfig, SessionEvent};
+use tern::smtp::{RelayAccess, ServerSession, SessionConfig, SessionEvent};
 
 fn canonical(data: &[u8]) -> bool {
     let mut prev = 0u8;
@@ -36,6 +36,7 @@ fuzz_target!(|input: &[u8]| {
         starttls_available: true,
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
+        relay_access: RelayAccess::new(&[], &["example.org".into()], &[]),
     });
     let split = input.first().map(|&b| b as usize).unwrap_or(0).min(input.len());
     let (first, second) = input.split_at(split);

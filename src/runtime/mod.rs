@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, IoMode};
-use crate::smtp::SessionConfig;
+use crate::smtp::{RelayAccess, SessionConfig};
 use crate::spool::{Spool, SpoolConfig, SpoolError};
 use listener::{Acceptor, BoundAddress, ListenerKind};
 use smtp_conn::CoreContext;
@@ -126,6 +126,11 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         starttls_available: tls.is_some(),
         command_timeout: config.smtp.command_timeout,
         data_timeout: config.smtp.data_timeout,
+        relay_access: RelayAccess::new(
+            &config.relay.mynetworks,
+            &config.relay.local_domains,
+            &config.relay.relay_domains,
+        ),
     });
 
     let mut bound: Vec<BoundAddress> = Vec::new();

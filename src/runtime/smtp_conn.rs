@@ -81,6 +81,7 @@ pub fn register_metrics(kinds: &[ListenerKind]) {
     metrics::counter!("tern_messages_accepted_total").increment(0);
     metrics::counter!("tern_message_bytes_accepted_total").increment(0);
     metrics::counter!("tern_smtp_timeouts_total").increment(0);
+    metrics::counter!("tern_smtp_relay_denied_total").increment(0);
     for reason in ["bare_line_ending", "line_too_long", "too_large", "spool"] {
         metrics::counter!("tern_smtp_messages_rejected_total", "reason" => reason).increment(0);
     }

@@ -7,10 +7,12 @@
 
 pub mod command;
 pub mod data;
+pub mod relay_access;
 pub mod reply;
 pub mod session;
 
 pub use command::{parse_command, Command, CommandError};
 pub use data::{ContentError, DataDecoder, Framing};
+pub use relay_access::RelayAccess;
 pub use reply::{EnhancedStatus, Reply};
 pub use session::{IncomingMessage, ServerSession, SessionConfig, SessionEvent};

@@ -17,6 +17,7 @@ use memchr::memchr;
 
 use super::command::{parse_command, Command, CommandError, MailFrom, RcptTo, COMMAND_LINE_MAX};
 use super::data::{ContentError, DataDecoder, Framing};
+use super::relay_access::RelayAccess;
 use super::reply::{EnhancedStatus, Reply};
 use crate::envelope::{ClientInfo, Envelope, Recipient};
 use crate::spool::SpoolError;
@@ -45,6 +46,8 @@ pub struct SessionConfig {
     pub command_timeout: Duration,
     /// RFC 5321 4.5.3.2.5-6 (3 min default), while reading DATA/BDAT content.
     pub data_timeout: Duration,
+    /// Which recipients a client may give (no open relay).
+    pub relay_access: RelayAccess,
 }
 
 /// What the runtime must do after [`ServerSession::poll`].
@@ -456,6 +459,19 @@ impl ServerSession {
             Some(_) if !esmtp && rcpt.has_parameters => parameters_after_helo(),
             Some(tx) if tx.chunks.is_some() => bad_sequence("Error: RCPT after BDAT"),
             Some(tx) if !tx.mail.smtputf8 && !rcpt.recipient.is_ascii() => non_ascii_address(),
+            Some(_)
+                if !self
+                    .config
+                    .relay_access
+                    .may_accept(self.peer_ip, &rcpt.recipient) =>
+            {
+                metrics::counter!("tern_smtp_relay_denied_total").increment(1);
+                Reply::new(
+                    554,
+                    status(5, 7, 1),
+                    format!("<{}>: Relay access denied", rcpt.recipient),
+                )
+            }
             Some(tx) if tx.recipients.len() >= max_recipients => {
                 Reply::new(452, status(4, 5, 3), "Error: too many recipients")
             }
@@ -750,6 +766,11 @@ mod tests {
             starttls_available,
             command_timeout: COMMAND_TIMEOUT_DEFAULT,
             data_timeout: DATA_TIMEOUT_DEFAULT,
+            relay_access: RelayAccess::new(
+                &["192.0.2.0/24".parse().unwrap()],
+                &["local.example".into()],
+                &[],
+            ),
         })
     }
 
@@ -1580,5 +1601,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn strangers_cannot_relay() {
+        let mut s = ServerSession::new(
+            config(false),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9)),
+            false,
+        );
+        s.receive(
+            b"EHLO c.example\r\nMAIL FROM:<a@remote.example>\r\n\
+              RCPT TO:<victim@elsewhere.example>\r\nRCPT TO:<user@local.example>\r\n\
+              RCPT TO:<Postmaster>\r\n",
+        );
+        assert!(matches!(s.poll(), SessionEvent::NeedInput));
+        let out = String::from_utf8_lossy(s.output()).to_string();
+        assert!(
+            out.contains("554 5.7.1 <victim@elsewhere.example>: Relay access denied"),
+            "{out}"
+        );
+        assert_eq!(out.matches("250 2.1.5").count(), 2, "{out}");
     }
 }
