@@ -333,3 +333,28 @@ fn no_open_relay_for_untrusted_clients() {
     assert_eq!(queued[0].envelope.recipients[0].address, "user@local.test");
     server.shutdown();
 }
+
+#[test]
+fn shutdown_sends_421_to_idle_sessions_and_keeps_acknowledged_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.server.shutdown_timeout = Duration::from_secs(30);
+    let server = start(&config);
+    let (mut c, _) = RawClient::connect(server.smtp_addrs[0]).unwrap();
+    c.cmd("EHLO client.test").unwrap();
+    c.cmd("MAIL FROM:<a@example.org>").unwrap();
+    c.cmd("RCPT TO:<b@example.net>").unwrap();
+    c.cmd("DATA").unwrap();
+    c.send(&data_frame(b"Subject: before shutdown\r\n\r\nhi\r\n"))
+        .unwrap();
+    let id = queue_id_of(&c.read_reply().unwrap()).unwrap();
+    let spool_dir = config.spool.dir.clone();
+    let stopper = std::thread::spawn(move || server.shutdown());
+    let reply = c.read_reply().unwrap();
+    assert_eq!(reply.code, 421, "{reply:?}");
+    assert!(reply.text().contains("4.3.2"), "{reply:?}");
+    assert!(c.is_closed());
+    stopper.join().unwrap();
+    let scanned = tern::spool::Spool::scan_readonly(&spool_dir).unwrap();
+    assert!(scanned.iter().any(|m| m.id.to_string() == id));
+}

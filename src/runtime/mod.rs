@@ -366,8 +366,9 @@ async fn accept_loop<A: Acceptor + 'static>(
                 active.set(active.get() + 1);
                 let ctx = ctx.clone();
                 let active = active.clone();
+                let session_shutdown = shutdown.clone();
                 tokio::task::spawn_local(async move {
-                    smtp_conn::serve(stream, peer, kind, ctx).await;
+                    smtp_conn::serve(stream, peer, kind, ctx, session_shutdown).await;
                     active.set(active.get() - 1);
                     gauge.decrement(1.0);
                 });

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::listener::ListenerKind;
@@ -125,12 +126,21 @@ async fn flush<T: Transport>(
     }
 }
 
+/// Resolves when shutdown is signalled; never, once the server handle is
+/// gone without signalling (so a select on it cannot spin).
+async fn shutdown_signal(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Serve one SMTP connection to its end.
 pub async fn serve<T: Transport>(
     transport: T,
     peer: SocketAddr,
     kind: ListenerKind,
     ctx: Rc<CoreContext>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let mut session = ServerSession::new(ctx.session_config.clone(), peer.ip(), false);
     let mut stream = Stream::Plain(transport);
@@ -146,8 +156,21 @@ pub async fn serve<T: Transport>(
                 {
                     break;
                 }
+                // SIGTERM: idle sessions get 421 and close; a session in the
+                // middle of a message may finish it (up to the core's deadline).
+                if *shutdown.borrow_and_update() && session.shutting_down() {
+                    continue;
+                }
                 let read = stream.read(std::mem::take(&mut in_buf));
-                match tokio::time::timeout(session.read_timeout(), read).await {
+                let timed_read = tokio::time::timeout(session.read_timeout(), read);
+                let result = tokio::select! {
+                    r = timed_read => r,
+                    _ = shutdown_signal(&mut shutdown) => {
+                        in_buf = Vec::with_capacity(READ_CHUNK);
+                        continue;
+                    }
+                };
+                match result {
                     Err(_) => {
                         debug!(%peer, "read timed out");
                         session.timed_out();

@@ -278,6 +278,25 @@ impl ServerSession {
         self.phase = Phase::Closing;
     }
 
+    /// The server is shutting down. Between commands: queue
+    /// `421 4.3.2 <host> Service shutting down` (RFC 5321 3.8) and return
+    /// true (the next poll returns Close). While message content is being
+    /// read, or a stored/TLS result is pending: do nothing and return false,
+    /// so the client can finish; the runtime asks again at the next read.
+    pub fn shutting_down(&mut self) -> bool {
+        if !matches!(self.phase, Phase::Command) {
+            return false;
+        }
+        let text = format!(
+            "{} Service shutting down, closing transmission channel",
+            self.config.hostname
+        );
+        self.send(&Reply::new(421, status(4, 3, 2), text));
+        self.transaction = None;
+        self.phase = Phase::Closing;
+        true
+    }
+
     /// Which timeout the runtime must apply to the next read (command or data phase).
     pub fn read_timeout(&self) -> Duration {
         match self.phase {
@@ -1622,5 +1641,28 @@ mod tests {
             "{out}"
         );
         assert_eq!(out.matches("250 2.1.5").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn shutdown_closes_between_commands_but_not_inside_data() {
+        let mut s = new_session(false, false);
+        s.receive(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\nSubject: x\r\n");
+        assert!(matches!(s.poll(), SessionEvent::NeedInput));
+        assert!(!s.shutting_down(), "must let the message finish");
+        s.receive(b"\r\nbody\r\n.\r\n");
+        assert!(matches!(s.poll(), SessionEvent::Message(_)));
+        assert!(!s.shutting_down(), "store result pending");
+        s.message_stored(Ok("ID1".into()));
+        assert!(matches!(s.poll(), SessionEvent::NeedInput));
+        assert!(s.shutting_down());
+        assert!(matches!(s.poll(), SessionEvent::Close));
+        let out = String::from_utf8_lossy(s.output()).to_string();
+        assert!(out.contains("250 2.0.0 Ok: queued as ID1"), "{out}");
+        assert!(
+            out.ends_with(
+                "421 4.3.2 mx.test.example Service shutting down, closing transmission channel\r\n"
+            ),
+            "{out}"
+        );
     }
 }
