@@ -140,10 +140,10 @@ pub fn build_dsn(request: &BounceRequest<'_>) -> Option<Dsn> {
         .any(|(report, _)| report.action == DsnAction::Failed);
 
     let host = host_name(request.reporting_mta);
-    let human = human_explanation(request, &host, &wanted, any_failed);
-    let status = delivery_status(request, &host, &wanted);
     let original = to_crlf(request.original);
     let returned = returned_part(request.envelope.ret, any_failed, original.len());
+    let human = human_explanation(&host, &wanted, any_failed, returned);
+    let status = delivery_status(request, &host, &wanted);
     let returned_bytes = match returned {
         Returned::Full => original,
         Returned::Headers => header_section(&original),
@@ -268,16 +268,16 @@ fn returned_part(ret: Option<DsnRet>, any_failed: bool, original_len: usize) -> 
 
 /// The text/plain part for people (RFC 3464 2, first part of the report).
 fn human_explanation(
-    request: &BounceRequest<'_>,
     host: &str,
     wanted: &[(&RecipientReport<'_>, &Recipient)],
     any_failed: bool,
+    returned: Returned,
 ) -> String {
     let mut text = format!("This is the mail system at host {host}.\r\n\r\n");
     if any_failed {
         text.push_str(
             "I'm sorry to have to inform you that your message could not\r\n\
-             be delivered to one or more recipients. It's attached below.\r\n",
+             be delivered to one or more recipients.\r\n",
         );
     } else {
         text.push_str(
@@ -304,9 +304,10 @@ fn human_explanation(
         }
         text.push_str("\r\n\r\n");
     }
-    if request.envelope.envid.is_some() {
-        text.push_str("The original envelope id is in the delivery report below.\r\n");
-    }
+    text.push_str(match returned {
+        Returned::Full => "Your message is attached below.\r\n",
+        Returned::Headers => "The headers of your message are attached below.\r\n",
+    });
     text
 }
 
@@ -532,5 +533,647 @@ fn unique_boundary(parts: &[&[u8]]) -> String {
         if !clash {
             return candidate;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mail_parser::{MessageParser, MessagePart, MimeHeaders, PartType};
+
+    const ORIGINAL: &[u8] = b"From: alice@example.org\r\n\
+        To: bob@example.net\r\n\
+        Subject: quarterly figures\r\n\
+        Message-ID: <orig-1@example.org>\r\n\
+        \r\n\
+        The figures are attached.\r\n\
+        BODY-MARKER line\r\n";
+
+    const RECEIVED_AT_MS: u64 = 1_700_000_000_000;
+    const NOW_MS: u64 = 1_700_000_600_000;
+
+    fn rcpt(address: &str, notify: Notify, orcpt: Option<&str>) -> Recipient {
+        Recipient {
+            address: address.to_string(),
+            notify,
+            orcpt: orcpt.map(str::to_string),
+        }
+    }
+
+    fn notify(success: bool, failure: bool, delay: bool) -> Notify {
+        Notify {
+            explicit: true,
+            success,
+            failure,
+            delay,
+        }
+    }
+
+    fn envelope(sender: &str, recipients: Vec<Recipient>) -> Envelope {
+        Envelope {
+            sender: sender.to_string(),
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            ret: None,
+            envid: None,
+            declared_size: None,
+            recipients,
+            client: ClientInfo {
+                ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+                helo: "client.example.org".to_string(),
+                esmtp: true,
+                tls: false,
+                auth: None,
+            },
+            received_at_ms: RECEIVED_AT_MS,
+        }
+    }
+
+    fn three_recipients() -> Envelope {
+        envelope(
+            "alice@example.org",
+            vec![
+                rcpt(
+                    "bob@example.net",
+                    Notify::default(),
+                    Some("rfc822;bob@example.net"),
+                ),
+                rcpt("carol@example.net", Notify::default(), None),
+                rcpt("dave@example.net", Notify::default(), None),
+            ],
+        )
+    }
+
+    fn failed(index: usize) -> RecipientReport<'static> {
+        RecipientReport {
+            index,
+            action: DsnAction::Failed,
+            status: "5.1.1",
+            diagnostic: Some("smtp; 550 5.1.1 <bob@example.net>: user unknown"),
+            remote_mta: Some("dns; mx.example.net"),
+            last_attempt_ms: Some(NOW_MS - 1_000),
+            will_retry_until_ms: None,
+        }
+    }
+
+    fn delayed(index: usize) -> RecipientReport<'static> {
+        RecipientReport {
+            index,
+            action: DsnAction::Delayed,
+            status: "4.4.1",
+            diagnostic: Some("smtp; 421 4.4.1 try later"),
+            remote_mta: Some("dns; mx.example.net"),
+            last_attempt_ms: Some(NOW_MS - 2_000),
+            will_retry_until_ms: Some(RECEIVED_AT_MS + 5 * 86_400_000),
+        }
+    }
+
+    fn request<'a>(
+        envelope: &'a Envelope,
+        original: &'a [u8],
+        reports: Vec<RecipientReport<'a>>,
+    ) -> BounceRequest<'a> {
+        BounceRequest {
+            reporting_mta: "relay.example.com",
+            envelope,
+            original,
+            reports,
+            now_ms: NOW_MS,
+            message_id_domain: "relay.example.com",
+        }
+    }
+
+    /// The three parts of the report: human text, delivery status, original.
+    fn report_parts<'m>(
+        message: &'m mail_parser::Message<'m>,
+    ) -> (
+        &'m MessagePart<'m>,
+        &'m MessagePart<'m>,
+        &'m MessagePart<'m>,
+    ) {
+        let root = message.root_part();
+        let ids = match &root.body {
+            PartType::Multipart(ids) => ids.clone(),
+            other => panic!("root is not multipart: {other:?}"),
+        };
+        assert_eq!(ids.len(), 3, "multipart/report has three parts");
+        let part = |i: usize| message.part(ids[i]).expect("part exists");
+        (part(0), part(1), part(2))
+    }
+
+    fn content_type(part: &MessagePart<'_>) -> String {
+        let ct = part.content_type().expect("content type");
+        format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or(""))
+    }
+
+    fn status_text(part: &MessagePart<'_>) -> String {
+        String::from_utf8(part.contents().to_vec()).expect("delivery-status is ASCII")
+    }
+
+    /// Field groups of a delivery-status body: per-message first.
+    fn status_groups(status: &str) -> Vec<Vec<(String, String)>> {
+        status
+            .split("\r\n\r\n")
+            .filter(|group| !group.trim().is_empty())
+            .map(|group| {
+                group
+                    .split("\r\n")
+                    .filter(|line| !line.is_empty())
+                    .map(|line| {
+                        let (name, value) = line.split_once(": ").expect("field line");
+                        (name.to_string(), value.to_string())
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn field<'g>(group: &'g [(String, String)], name: &str) -> Option<&'g str> {
+        group
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn assert_crlf_only(data: &[u8]) {
+        for (i, &byte) in data.iter().enumerate() {
+            if byte == b'\n' {
+                assert_eq!(data.get(i.wrapping_sub(1)), Some(&b'\r'), "bare LF at {i}");
+            }
+            if byte == b'\r' {
+                assert_eq!(data.get(i + 1), Some(&b'\n'), "bare CR at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn failure_report_has_multipart_report_structure_and_headers() {
+        let env = three_recipients();
+        let dsn = build_dsn(&request(&env, ORIGINAL, vec![failed(0)])).expect("dsn owed");
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+
+        let ct = message.root_part().content_type().expect("content type");
+        assert_eq!(ct.ctype(), "multipart");
+        assert_eq!(ct.subtype(), Some("report"));
+        assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+
+        let from = message.from().and_then(|a| a.first()).expect("from");
+        assert_eq!(from.address(), Some("MAILER-DAEMON@relay.example.com"));
+        assert_eq!(from.name(), Some("Mail Delivery System"));
+        let to = message.to().and_then(|a| a.first()).expect("to");
+        assert_eq!(to.address(), Some("alice@example.org"));
+        assert_eq!(message.subject(), Some(SUBJECT_FAILED));
+        let date = message.date().expect("date");
+        assert_eq!(date.to_timestamp(), i64::try_from(NOW_MS / 1000).unwrap());
+        let id = message.message_id().expect("message id");
+        assert!(id.ends_with("@relay.example.com"), "{id}");
+        assert_eq!(
+            message.header_raw("Auto-Submitted").map(str::trim),
+            Some("auto-replied")
+        );
+        assert_eq!(
+            message.header_raw("MIME-Version").map(str::trim),
+            Some("1.0")
+        );
+
+        let (human, status, returned) = report_parts(&message);
+        assert_eq!(content_type(human), "text/plain");
+        assert_eq!(content_type(status), "message/delivery-status");
+        assert_eq!(content_type(returned), "message/rfc822");
+        let text = human.text_contents().expect("text");
+        assert!(text.contains("<bob@example.net>"), "{text}");
+        assert!(text.contains("550 5.1.1"), "{text}");
+        assert_eq!(dsn.recipient, "alice@example.org");
+    }
+
+    #[test]
+    fn delivery_status_carries_every_field() {
+        let mut env = three_recipients();
+        env.envid = Some("QQ314159".to_string());
+        let dsn = build_dsn(&request(&env, ORIGINAL, vec![failed(0), delayed(1)])).expect("dsn");
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+        let (_, status, _) = report_parts(&message);
+        let groups = status_groups(&status_text(status));
+        assert_eq!(groups.len(), 3, "per-message group and one per report");
+
+        let per_message = &groups[0];
+        assert_eq!(
+            field(per_message, "Reporting-MTA"),
+            Some("dns; relay.example.com")
+        );
+        assert_eq!(field(per_message, "Original-Envelope-Id"), Some("QQ314159"));
+        assert_eq!(
+            field(per_message, "Arrival-Date"),
+            Some(rfc5322_date(RECEIVED_AT_MS).as_str())
+        );
+
+        let bob = &groups[1];
+        assert_eq!(
+            field(bob, "Original-Recipient"),
+            Some("rfc822; bob@example.net")
+        );
+        assert_eq!(
+            field(bob, "Final-Recipient"),
+            Some("rfc822; bob@example.net")
+        );
+        assert_eq!(field(bob, "Action"), Some("failed"));
+        assert_eq!(field(bob, "Status"), Some("5.1.1"));
+        assert_eq!(field(bob, "Remote-MTA"), Some("dns; mx.example.net"));
+        assert_eq!(
+            field(bob, "Diagnostic-Code"),
+            Some("smtp; 550 5.1.1 <bob@example.net>: user unknown")
+        );
+        assert_eq!(
+            field(bob, "Last-Attempt-Date"),
+            Some(rfc5322_date(NOW_MS - 1_000).as_str())
+        );
+        assert_eq!(field(bob, "Will-Retry-Until"), None);
+
+        let carol = &groups[2];
+        assert_eq!(field(carol, "Original-Recipient"), None);
+        assert_eq!(
+            field(carol, "Final-Recipient"),
+            Some("rfc822; carol@example.net")
+        );
+        assert_eq!(field(carol, "Action"), Some("delayed"));
+        assert_eq!(field(carol, "Status"), Some("4.4.1"));
+        assert_eq!(
+            field(carol, "Will-Retry-Until"),
+            Some(rfc5322_date(RECEIVED_AT_MS + 5 * 86_400_000).as_str())
+        );
+        // Failed and delayed together: the failure subject wins.
+        assert_eq!(message.subject(), Some(SUBJECT_FAILED));
+    }
+
+    #[test]
+    fn without_envid_there_is_no_original_envelope_id() {
+        let env = three_recipients();
+        let dsn = build_dsn(&request(&env, ORIGINAL, vec![failed(1)])).expect("dsn");
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+        let (_, status, _) = report_parts(&message);
+        let groups = status_groups(&status_text(status));
+        assert_eq!(field(&groups[0], "Original-Envelope-Id"), None);
+    }
+
+    #[test]
+    fn ret_full_returns_the_original_bytes_as_message_rfc822() {
+        let mut env = three_recipients();
+        env.ret = Some(DsnRet::Full);
+        let dsn = build_dsn(&request(&env, ORIGINAL, vec![failed(0)])).expect("dsn");
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+        let (_, _, returned) = report_parts(&message);
+        assert_eq!(content_type(returned), "message/rfc822");
+        let inner = returned.message().expect("nested message");
+        assert_eq!(inner.subject(), Some("quarterly figures"));
+        let start = returned.raw_body_offset() as usize;
+        let end = returned.raw_end_offset() as usize;
+        assert_eq!(&dsn.data[start..end], ORIGINAL);
+    }
+
+    #[test]
+    fn ret_hdrs_returns_only_the_headers() {
+        let mut env = three_recipients();
+        env.ret = Some(DsnRet::Headers);
+        let dsn = build_dsn(&request(&env, ORIGINAL, vec![failed(0)])).expect("dsn");
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+        let (human, _, returned) = report_parts(&message);
+        let text = human.text_contents().expect("text");
+        assert!(text.contains("The headers of your message"), "{text}");
+        assert_eq!(content_type(returned), "text/rfc822-headers");
+        let headers = returned.text_contents().expect("text");
+        assert!(
+            headers.contains("Subject: quarterly figures\r\n"),
+            "{headers}"
+        );
+        assert!(
+            headers.contains("Message-ID: <orig-1@example.org>"),
+            "{headers}"
+        );
+        assert!(!headers.contains("BODY-MARKER"), "{headers}");
+        assert!(!find(&dsn.data, b"BODY-MARKER"));
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> bool {
+        memchr::memmem::find(haystack, needle).is_some()
+    }
+
+    #[test]
+    fn without_ret_small_messages_return_in_full_and_large_ones_as_headers() {
+        let env = three_recipients();
+        let dsn = build_dsn(&request(&env, ORIGINAL, vec![failed(0)])).expect("dsn");
+        assert!(find(&dsn.data, b"BODY-MARKER"));
+
+        let mut large = ORIGINAL.to_vec();
+        while large.len() <= RETURN_FULL_DEFAULT_MAX_BYTES {
+            large.extend_from_slice(b"padding padding padding padding padding padding\r\n");
+        }
+        let dsn = build_dsn(&request(&env, &large, vec![failed(0)])).expect("dsn");
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+        let (_, _, returned) = report_parts(&message);
+        assert_eq!(content_type(returned), "text/rfc822-headers");
+        assert!(!find(&dsn.data, b"BODY-MARKER"));
+        assert!(dsn.data.len() < RETURN_FULL_DEFAULT_MAX_BYTES);
+    }
+
+    #[test]
+    fn delay_only_report_returns_headers_even_with_ret_full() {
+        let mut env = three_recipients();
+        env.ret = Some(DsnRet::Full);
+        let dsn = build_dsn(&request(&env, ORIGINAL, vec![delayed(2)])).expect("dsn");
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+        assert_eq!(message.subject(), Some(SUBJECT_DELAYED));
+        let (_, _, returned) = report_parts(&message);
+        assert_eq!(content_type(returned), "text/rfc822-headers");
+        assert!(!find(&dsn.data, b"BODY-MARKER"));
+    }
+
+    #[test]
+    fn null_sender_is_never_bounced() {
+        let mut env = three_recipients();
+        env.sender = String::new();
+        assert_eq!(build_dsn(&request(&env, ORIGINAL, vec![failed(0)])), None);
+        // A sender made only of line breaks is as null as an empty one.
+        env.sender = "\r\n".to_string();
+        assert_eq!(build_dsn(&request(&env, ORIGINAL, vec![failed(0)])), None);
+    }
+
+    #[test]
+    fn notify_never_and_success_only_suppress_the_dsn() {
+        for wanted in [notify(false, false, false), notify(true, false, false)] {
+            let env = envelope(
+                "alice@example.org",
+                vec![rcpt("bob@example.net", wanted, None)],
+            );
+            assert_eq!(build_dsn(&request(&env, ORIGINAL, vec![failed(0)])), None);
+            assert_eq!(build_dsn(&request(&env, ORIGINAL, vec![delayed(0)])), None);
+        }
+    }
+
+    #[test]
+    fn notify_filters_failed_and_delayed_separately() {
+        let failure_only = envelope(
+            "alice@example.org",
+            vec![rcpt("bob@example.net", notify(false, true, false), None)],
+        );
+        assert!(build_dsn(&request(&failure_only, ORIGINAL, vec![failed(0)])).is_some());
+        assert_eq!(
+            build_dsn(&request(&failure_only, ORIGINAL, vec![delayed(0)])),
+            None
+        );
+
+        let delay_only = envelope(
+            "alice@example.org",
+            vec![rcpt("bob@example.net", notify(false, false, true), None)],
+        );
+        assert_eq!(
+            build_dsn(&request(&delay_only, ORIGINAL, vec![failed(0)])),
+            None
+        );
+        assert!(build_dsn(&request(&delay_only, ORIGINAL, vec![delayed(0)])).is_some());
+
+        let default = envelope(
+            "alice@example.org",
+            vec![rcpt("bob@example.net", Notify::default(), None)],
+        );
+        assert!(build_dsn(&request(&default, ORIGINAL, vec![failed(0)])).is_some());
+        assert!(build_dsn(&request(&default, ORIGINAL, vec![delayed(0)])).is_some());
+    }
+
+    #[test]
+    fn mixed_reports_keep_only_the_wanted_recipients() {
+        let env = envelope(
+            "alice@example.org",
+            vec![
+                rcpt("bob@example.net", notify(false, true, false), None),
+                rcpt("carol@example.net", notify(false, false, false), None),
+                rcpt("dave@example.net", notify(true, true, false), None),
+                rcpt("erin@example.net", notify(false, true, false), None),
+            ],
+        );
+        let reports = vec![failed(0), failed(1), failed(2), delayed(3), failed(99)];
+        let dsn = build_dsn(&request(&env, ORIGINAL, reports)).expect("dsn");
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+        let (human, status, _) = report_parts(&message);
+        let groups = status_groups(&status_text(status));
+        let finals: Vec<_> = groups[1..]
+            .iter()
+            .map(|g| field(g, "Final-Recipient").unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(
+            finals,
+            ["rfc822; bob@example.net", "rfc822; dave@example.net"]
+        );
+        let text = human.text_contents().expect("text");
+        assert!(!text.contains("carol@"), "{text}");
+        assert!(!text.contains("erin@"), "{text}");
+    }
+
+    #[test]
+    fn out_of_range_reports_alone_owe_nothing() {
+        let env = three_recipients();
+        assert_eq!(build_dsn(&request(&env, ORIGINAL, vec![failed(3)])), None);
+        assert_eq!(build_dsn(&request(&env, ORIGINAL, vec![])), None);
+    }
+
+    #[test]
+    fn output_uses_crlf_throughout_even_for_bare_lf_originals() {
+        let mut env = three_recipients();
+        env.ret = Some(DsnRet::Full);
+        let lf_original = b"Subject: lf only\nFrom: a@example.org\n\nbody\rline\n";
+        let dsn = build_dsn(&request(&env, lf_original, vec![failed(0), delayed(1)])).expect("dsn");
+        assert_crlf_only(&dsn.data);
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+        let (_, _, returned) = report_parts(&message);
+        let inner = returned.message().expect("nested message");
+        assert_eq!(inner.subject(), Some("lf only"));
+    }
+
+    #[test]
+    fn line_breaks_in_sender_and_envid_cannot_inject_headers_or_fields() {
+        let mut env = three_recipients();
+        env.sender = "alice@example.org\r\nBcc: victim@example.com".to_string();
+        env.envid =
+            Some("ID1\r\nAction: delivered\r\n\r\nFinal-Recipient: rfc822; x@y".to_string());
+        env.recipients[0].orcpt = Some("rfc822;bob@example.net\r\nStatus: 2.0.0".to_string());
+        let mut report = failed(0);
+        report.diagnostic = Some("smtp; 550 no\r\n\r\n--boundary\r\nX-Evil: 1");
+        let dsn = build_dsn(&request(&env, ORIGINAL, vec![report])).expect("dsn");
+        assert_crlf_only(&dsn.data);
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+        assert!(message.header_raw("Bcc").is_none());
+        assert!(message.header_raw("X-Evil").is_none());
+        let (_, status, _) = report_parts(&message);
+        let groups = status_groups(&status_text(status));
+        assert_eq!(groups.len(), 2, "{groups:?}");
+        assert_eq!(field(&groups[1], "Action"), Some("failed"));
+        assert_eq!(field(&groups[1], "Status"), Some("5.1.1"));
+        assert_eq!(
+            field(&groups[0], "Original-Envelope-Id"),
+            Some("ID1  Action: delivered    Final-Recipient: rfc822; x@y")
+        );
+        assert!(!dsn.recipient.contains('\r') && !dsn.recipient.contains('\n'));
+    }
+
+    #[test]
+    fn eight_bit_junk_original_keeps_the_structure() {
+        let mut junk = b"Subject: \xff\xfe bad\r\nX: \x80\x81\r\n\r\n".to_vec();
+        junk.extend((0u8..=255).cycle().take(4096));
+        for ret in [Some(DsnRet::Full), Some(DsnRet::Headers), None] {
+            let mut env = three_recipients();
+            env.ret = ret;
+            let dsn = build_dsn(&request(&env, &junk, vec![failed(0)])).expect("dsn");
+            assert_crlf_only(&dsn.data);
+            assert_eq!(dsn.envelope.body, BodyType::EightBitMime);
+            let message = MessageParser::default().parse(&dsn.data).expect("parses");
+            let (_, status, returned) = report_parts(&message);
+            assert_eq!(status_groups(&status_text(status)).len(), 2);
+            assert_eq!(returned.content_transfer_encoding(), Some("8bit"));
+        }
+    }
+
+    #[test]
+    fn empty_and_separatorless_originals_do_not_panic() {
+        for (original, ret) in [
+            (&b""[..], DsnRet::Full),
+            (&b""[..], DsnRet::Headers),
+            (&b"Subject: no body, no separator"[..], DsnRet::Headers),
+            (&b"\r\n\r\njust a body"[..], DsnRet::Headers),
+            (&b"\n"[..], DsnRet::Full),
+        ] {
+            let mut env = three_recipients();
+            env.ret = Some(ret);
+            let dsn = build_dsn(&request(&env, original, vec![failed(0)])).expect("dsn");
+            assert_crlf_only(&dsn.data);
+            let message = MessageParser::default().parse(&dsn.data).expect("parses");
+            let (_, status, _) = report_parts(&message);
+            assert_eq!(status_groups(&status_text(status)).len(), 2);
+        }
+    }
+
+    #[test]
+    fn utf8_addresses_use_the_rfc6533_utf8_type() {
+        let mut env = envelope(
+            "élodie@exemple.fr",
+            vec![rcpt(
+                "bjørn@eksempel.no",
+                Notify::default(),
+                Some("rfc822;bjørn@eksempel.no"),
+            )],
+        );
+        env.smtputf8 = true;
+        let dsn = build_dsn(&request(&env, ORIGINAL, vec![failed(0)])).expect("dsn");
+        let message = MessageParser::default().parse(&dsn.data).expect("parses");
+        let (_, status, _) = report_parts(&message);
+        let text = status_text(status);
+        assert!(text.is_ascii());
+        let groups = status_groups(&text);
+        assert_eq!(
+            field(&groups[1], "Final-Recipient"),
+            Some("utf-8; bj\\x{F8}rn@eksempel.no")
+        );
+        assert_eq!(
+            field(&groups[1], "Original-Recipient"),
+            Some("utf-8; bj\\x{F8}rn@eksempel.no")
+        );
+        assert_eq!(dsn.recipient, "élodie@exemple.fr");
+        assert!(dsn.envelope.smtputf8);
+    }
+
+    #[test]
+    fn dsn_envelope_is_a_null_sender_message_from_tern() {
+        let env = three_recipients();
+        let dsn = build_dsn(&request(&env, ORIGINAL, vec![failed(0)])).expect("dsn");
+        let out = &dsn.envelope;
+        assert_eq!(out.sender, "");
+        assert_eq!(out.recipients.len(), 1);
+        assert_eq!(out.recipients[0].address, "alice@example.org");
+        assert_eq!(out.recipients[0].notify, notify(false, false, false));
+        assert_eq!(out.client.ip, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(out.client.helo, "relay.example.com");
+        assert_eq!(out.received_at_ms, NOW_MS);
+        assert_eq!(out.body, BodyType::SevenBit);
+        assert!(!out.smtputf8);
+        assert_eq!(out.ret, None);
+        assert_eq!(out.envid, None);
+    }
+
+    #[test]
+    fn message_ids_differ_within_one_millisecond() {
+        let env = three_recipients();
+        let first = build_dsn(&request(&env, ORIGINAL, vec![failed(0)])).expect("dsn");
+        let second = build_dsn(&request(&env, ORIGINAL, vec![failed(0)])).expect("dsn");
+        let id = |data: &[u8]| {
+            MessageParser::default()
+                .parse(data)
+                .and_then(|m| m.message_id().map(str::to_string))
+                .expect("message id")
+        };
+        assert_ne!(id(&first.data), id(&second.data));
+    }
+
+    #[test]
+    fn boundary_avoids_content_that_contains_it() {
+        fastrand::seed(7);
+        let predicted = format!("tern-dsn-{:032x}", fastrand::u128(..));
+        fastrand::seed(7);
+        let hostile = format!("\r\n--{predicted}--\r\n");
+        let boundary = unique_boundary(&[hostile.as_bytes()]);
+        assert_ne!(boundary, predicted);
+        assert!(!hostile.contains(&boundary));
+    }
+
+    #[test]
+    fn crlf_normalisation_handles_every_line_end() {
+        assert_eq!(to_crlf(b"a\nb\rc\r\nd"), b"a\r\nb\r\nc\r\nd");
+        assert_eq!(to_crlf(b"\r\r\n\n"), b"\r\n\r\n\r\n");
+        assert_eq!(to_crlf(b""), b"");
+    }
+
+    #[test]
+    fn header_section_stops_at_the_blank_line() {
+        assert_eq!(
+            header_section(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"),
+            b"A: 1\r\nB: 2\r\n"
+        );
+        assert_eq!(header_section(b"A: 1"), b"A: 1\r\n");
+        assert_eq!(header_section(b"\r\nbody"), b"");
+        assert_eq!(header_section(b""), b"");
+    }
+
+    #[test]
+    fn field_values_are_single_line_ascii_and_bounded() {
+        assert_eq!(ascii_field("a\r\nb\tc\u{7}d"), "a  b cd");
+        assert_eq!(ascii_field("café"), "caf\\x{E9}");
+        assert_eq!(ascii_field(&"x".repeat(5000)).len(), STATUS_FIELD_VALUE_MAX);
+        assert_eq!(
+            utf8_addr_xtext("a+b=c\\d@é"),
+            "a\\x{2B}b\\x{3D}c\\x{5C}d@\\x{E9}"
+        );
+    }
+
+    #[test]
+    fn host_names_are_sanitised() {
+        assert_eq!(host_name("mx.example.com"), "mx.example.com");
+        assert_eq!(host_name("evil>\r\nX y"), "evilXy");
+        assert_eq!(host_name("\r\n"), FALLBACK_HOST);
+    }
+
+    #[test]
+    fn notify_defaults_to_failure_and_delay() {
+        assert!(notify_wants(Notify::default(), DsnAction::Failed));
+        assert!(notify_wants(Notify::default(), DsnAction::Delayed));
+        assert!(!notify_wants(
+            notify(false, false, false),
+            DsnAction::Failed
+        ));
+        assert!(!notify_wants(
+            notify(true, false, false),
+            DsnAction::Delayed
+        ));
+        assert!(notify_wants(notify(false, true, false), DsnAction::Failed));
+        assert!(!notify_wants(
+            notify(false, true, false),
+            DsnAction::Delayed
+        ));
     }
 }
