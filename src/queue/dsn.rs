@@ -5,7 +5,7 @@
 //!
 //! This module only builds the notification. It must never send it, touch
 //! the spool, read the clock (the caller passes `now_ms`), or bounce a
-//! message whose sender is null (RFC 3461 6.2, RFC 5321 4.5.5).
+//! message whose sender is null (RFC 5321 4.5.5).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +29,8 @@ pub const RETURN_FULL_DEFAULT_MAX_BYTES: usize = 50_000;
 /// field name the line stays under the 998-octet limit of RFC 5322 2.1.1.
 const STATUS_FIELD_VALUE_MAX: usize = 900; // RFC 5322 2.1.1
 
-/// Display name and local part of the From: address (RFC 3464 appendix
-/// and common practice: the postmaster's automaton, not a person).
+/// Display name and local part of the From: address, as Postfix and Exim
+/// use them: replies reach the postmaster's automaton, not a person.
 const FROM_DISPLAY_NAME: &str = "Mail Delivery System";
 const FROM_LOCAL_PART: &str = "MAILER-DAEMON";
 
@@ -113,7 +113,7 @@ enum Returned {
 }
 
 /// Builds the notification owed for `request`, or `None` when none is owed:
-/// null sender (never bounce a bounce, RFC 3461 6.2 / RFC 5321 4.5.5), or
+/// null sender (never bounce a bounce, RFC 3461, RFC 5321 4.5.5), or
 /// every report filtered out by NOTIFY (NEVER; FAILURE not requested for
 /// Failed; DELAY not requested for Delayed; without NOTIFY the RFC 3461 4.1
 /// default is FAILURE,DELAY).
@@ -386,7 +386,7 @@ fn original_recipient(orcpt: &str) -> String {
         None => ("rfc822", orcpt.trim()),
     };
     if address.is_ascii() && addr_type.is_ascii() && !addr_type.is_empty() {
-        format!("{}; {}", ascii_field(addr_type), ascii_field(address))
+        ascii_field(&format!("{addr_type}; {address}"))
     } else {
         format!("utf-8; {}", utf8_addr_xtext(address))
     }
@@ -443,16 +443,27 @@ fn single_line(value: &str) -> String {
 }
 
 /// Keeps only characters that may appear in a host name or address
-/// literal, so the value is safe in From:, Message-ID and Reporting-MTA.
+/// literal, so the value is safe in From:, HELO and Reporting-MTA.
 fn host_name(host: &str) -> String {
-    let cleaned: String = host
-        .chars()
-        .filter(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '[' | ']' | ':'))
-        .collect();
-    if cleaned.is_empty() {
+    keep_or_fallback(host, |ch| {
+        ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '[' | ']' | ':')
+    })
+}
+
+/// Keeps only dot-atom host name characters, valid as the right side of a
+/// Message-ID (RFC 5322 3.6.4).
+fn message_id_domain(domain: &str) -> String {
+    keep_or_fallback(domain, |ch| {
+        ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-')
+    })
+}
+
+fn keep_or_fallback(value: &str, keep: impl Fn(char) -> bool) -> String {
+    let kept: String = value.chars().filter(|&ch| keep(ch)).collect();
+    if kept.is_empty() {
         FALLBACK_HOST.to_string()
     } else {
-        cleaned
+        kept
     }
 }
 
@@ -463,7 +474,7 @@ fn message_id(now_ms: u64, domain: &str) -> String {
     format!(
         "{now_ms}.{sequence}.{:016x}@{}",
         fastrand::u64(..),
-        host_name(domain)
+        message_id_domain(domain)
     )
 }
 
@@ -1149,6 +1160,8 @@ mod tests {
             utf8_addr_xtext("a+b=c\\d@é"),
             "a\\x{2B}b\\x{3D}c\\x{5C}d@\\x{E9}"
         );
+        let long = format!("rfc822;{}", "o".repeat(2000));
+        assert_eq!(original_recipient(&long).len(), STATUS_FIELD_VALUE_MAX);
     }
 
     #[test]
@@ -1156,6 +1169,9 @@ mod tests {
         assert_eq!(host_name("mx.example.com"), "mx.example.com");
         assert_eq!(host_name("evil>\r\nX y"), "evilXy");
         assert_eq!(host_name("\r\n"), FALLBACK_HOST);
+        assert_eq!(host_name("[IPv6:2001:db8::1]"), "[IPv6:2001:db8::1]");
+        assert_eq!(message_id_domain("a:b>[c] d.example"), "abcd.example");
+        assert_eq!(message_id_domain("<>"), FALLBACK_HOST);
     }
 
     #[test]
