@@ -34,7 +34,7 @@ const STATUS_FIELD_VALUE_MAX: usize = 900; // RFC 5322 2.1.1
 const FROM_DISPLAY_NAME: &str = "Mail Delivery System";
 const FROM_LOCAL_PART: &str = "MAILER-DAEMON";
 
-/// Used for Message-ID and From: when the configured host name has no
+/// Used in From:, Message-ID, HELO and Reporting-MTA when the configured name has no
 /// usable characters left after sanitising (RFC 2606 reserves `.invalid`).
 const FALLBACK_HOST: &str = "tern.invalid";
 
