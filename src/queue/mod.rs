@@ -5,3 +5,4 @@
 //! its own.
 
 pub mod dsn;
+pub mod retry;
