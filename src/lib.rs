@@ -6,6 +6,7 @@ pub mod config;
 pub mod envelope;
 pub mod metrics;
 pub mod queue_report;
+pub mod relay;
 pub mod runtime;
 pub mod smtp;
 pub mod spool;
