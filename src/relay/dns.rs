@@ -6,7 +6,7 @@
 //! shared between cores: each core builds its own `MxResolver` (not `Send`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -341,12 +341,8 @@ impl MxResolver {
         // RFC 7505 3 forbids a null MX next to real ones; when a zone does
         // it anyway, the real hosts are the only useful part.
         exchangers.sort_by_key(|(preference, _)| *preference);
-        let mut seen = Vec::with_capacity(exchangers.len());
-        exchangers.retain(|(_, exchange)| {
-            let first = !seen.contains(exchange);
-            seen.push(exchange.clone());
-            first
-        });
+        let mut seen = HashSet::with_capacity(exchangers.len());
+        exchangers.retain(|(_, exchange)| seen.insert(exchange.clone()));
         exchangers.truncate(MX_HOSTS_MAX);
 
         let mut hosts = Vec::with_capacity(exchangers.len());
@@ -407,12 +403,14 @@ impl MxResolver {
                 outcome: Ok(MxRoute {
                     hosts: vec![MxHost {
                         preference: 0,
-                        name: domain.to_owned(),
+                        name: host_name(name),
                         addrs: found.addrs,
                     }],
                     implicit: true,
                 }),
-                ttl: found.ttl.min(mx_negative_ttl.max(TEMPORARY_FAILURE_TTL)),
+                // The route holds only while the domain has no MX: an MX
+                // added later must be seen when the negative answer expires.
+                ttl: found.ttl.min(mx_negative_ttl),
             };
         }
         match found.temporary {
