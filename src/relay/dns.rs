@@ -229,7 +229,13 @@ impl MxResolver {
         }
         metrics::counter!("tern_dns_cache_total", "result" => "miss").increment(1);
         let shared = Rc::clone(self.in_flight.borrow_mut().entry(key.clone()).or_default());
-        let outcome = shared
+        let waiter = InFlightWaiter {
+            resolver: self,
+            key: &key,
+            shared: &shared,
+        };
+        let outcome = waiter
+            .shared
             .get_or_init(|| self.resolve_and_store(&key, &name))
             .await
             .clone();
@@ -477,6 +483,32 @@ impl MxResolver {
         metrics::histogram!("tern_dns_lookup_seconds", "kind" => kind)
             .record(started.elapsed().as_secs_f64());
         answer
+    }
+}
+
+/// One caller waiting on a shared lookup. If the last waiter goes away
+/// (its future dropped) before the answer came, the unfinished entry is
+/// removed so it neither lingers nor stops a later `prefetch`.
+struct InFlightWaiter<'a> {
+    resolver: &'a MxResolver,
+    key: &'a str,
+    shared: &'a Rc<OnceCell<Outcome>>,
+}
+
+impl Drop for InFlightWaiter<'_> {
+    fn drop(&mut self) {
+        // Two owners left: the map and this waiter's caller.
+        if self.shared.initialized() || Rc::strong_count(self.shared) > 2 {
+            return;
+        }
+        if let Ok(mut in_flight) = self.resolver.in_flight.try_borrow_mut() {
+            if in_flight
+                .get(self.key)
+                .is_some_and(|entry| Rc::ptr_eq(entry, self.shared))
+            {
+                in_flight.remove(self.key);
+            }
+        }
     }
 }
 
@@ -767,6 +799,24 @@ mod tests {
             name: name.to_owned(),
             addrs: vec![IpAddr::from(octets)],
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn abandoned_lookup_leaves_nothing_in_flight() {
+        // The silent socket never answers, so the lookup is still running
+        // when the caller gives up.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let resolver = MxResolver::new(&DnsConfig {
+            nameservers: Some(vec![silent.local_addr().unwrap()]),
+            timeout: Duration::from_secs(5),
+            attempts: 1,
+        })
+        .unwrap();
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), resolver.route("example.org")).await;
+        assert!(gave_up.is_err());
+        assert!(resolver.in_flight.borrow().is_empty());
+        assert_eq!(resolver.cached("example.org"), None);
     }
 
     #[test]
