@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod metrics;
 pub mod queue;
 pub mod queue_report;
+pub mod relay;
 pub mod runtime;
 pub mod smtp;
 pub mod spool;

@@ -1,0 +1,8 @@
+//! The relay stage: everything that moves a queued message towards the
+//! remote MTA of its recipients (routing first).
+//!
+//! This module only groups its children; it must never hold logic of its own.
+
+mod destination;
+pub mod dns;
+mod expiring_cache;
