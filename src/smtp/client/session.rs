@@ -471,3 +471,862 @@ impl ClientSession {
         self.abort(CloseReason::ProtocolError(detail), &pending);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{BodyType, Envelope};
+    use crate::smtp::client::transaction::tests::envelope;
+
+    const EHLO_PLAIN: &[u8] = b"250-mx.b.example\r\n250 8BITMIME\r\n";
+    const EHLO_PIPELINING: &[u8] = b"250-mx.b.example\r\n250-PIPELINING\r\n250 8BITMIME\r\n";
+
+    fn session(tls: TlsPolicy) -> ClientSession {
+        ClientSession::new(
+            Arc::new(ClientConfig::new("relay.a.example".into(), tls)),
+            false,
+        )
+    }
+
+    /// Feeds `input`, polls until the session waits for the runtime, and
+    /// returns what it wrote and every event.
+    fn exchange(session: &mut ClientSession, input: &[u8]) -> (String, Vec<ClientEvent>) {
+        session.receive(input);
+        let mut events = Vec::new();
+        loop {
+            let event = session.poll();
+            let more = matches!(event, ClientEvent::TransactionDone(_));
+            events.push(event);
+            if !more {
+                break;
+            }
+        }
+        (take_output(session), events)
+    }
+
+    fn take_output(session: &mut ClientSession) -> String {
+        let written = String::from_utf8_lossy(session.output()).into_owned();
+        session.consume_output(session.output().len());
+        written
+    }
+
+    /// A session past greeting and EHLO with the given EHLO reply.
+    fn ready(ehlo: &[u8]) -> ClientSession {
+        let mut client = session(TlsPolicy::Off);
+        assert_eq!(
+            exchange(&mut client, b"220 mx.b.example ESMTP\r\n"),
+            (
+                "EHLO relay.a.example\r\n".into(),
+                vec![ClientEvent::NeedInput]
+            )
+        );
+        assert_eq!(
+            exchange(&mut client, ehlo),
+            (String::new(), vec![ClientEvent::Ready])
+        );
+        client
+    }
+
+    fn send(
+        client: &mut ClientSession,
+        env: &Envelope,
+        recipients: &[usize],
+        data: &[u8],
+    ) -> String {
+        client
+            .start_transaction(OutboundTransaction {
+                envelope: env,
+                recipients: recipients.to_vec(),
+                data,
+            })
+            .unwrap();
+        take_output(client)
+    }
+
+    fn reply(code: u16, enhanced: (u8, u16, u16), text: &str) -> ReceivedReply {
+        ReceivedReply {
+            code,
+            enhanced: Some(enhanced),
+            text: text.into(),
+        }
+    }
+
+    fn done(outcomes: Vec<(usize, RecipientOutcome)>) -> ClientEvent {
+        ClientEvent::TransactionDone(TransactionResult { outcomes })
+    }
+
+    fn delivered() -> RecipientOutcome {
+        RecipientOutcome::Delivered(reply(250, (2, 0, 0), "queued"))
+    }
+
+    #[test]
+    fn happy_path_lock_step() {
+        let mut client = ready(EHLO_PLAIN);
+        let mut env = envelope(&["b@b.example"]);
+        env.body = BodyType::EightBitMime;
+        assert_eq!(
+            send(&mut client, &env, &[0], b"Subject: x\r\n\r\nhi\r\n"),
+            "MAIL FROM:<alice@a.example> BODY=8BITMIME\r\n"
+        );
+        assert_eq!(client.read_timeout(), MAIL_TIMEOUT_DEFAULT);
+        assert_eq!(
+            exchange(&mut client, b"250 2.1.0 ok\r\n"),
+            (
+                "RCPT TO:<b@b.example>\r\n".into(),
+                vec![ClientEvent::NeedInput]
+            )
+        );
+        assert_eq!(client.read_timeout(), RCPT_TIMEOUT_DEFAULT);
+        assert_eq!(
+            exchange(&mut client, b"250 2.1.5 ok\r\n"),
+            ("DATA\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        assert_eq!(client.read_timeout(), DATA_INIT_TIMEOUT_DEFAULT);
+        assert_eq!(
+            exchange(&mut client, b"354 go ahead\r\n"),
+            (
+                "Subject: x\r\n\r\nhi\r\n.\r\n".into(),
+                vec![ClientEvent::NeedInput]
+            )
+        );
+        assert_eq!(client.read_timeout(), DATA_TERM_TIMEOUT_DEFAULT);
+        assert_eq!(
+            exchange(&mut client, b"250 2.0.0 queued\r\n"),
+            (
+                String::new(),
+                vec![done(vec![(0, delivered())]), ClientEvent::Ready]
+            )
+        );
+        client.quit();
+        assert_eq!(
+            exchange(&mut client, b""),
+            ("QUIT\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        assert_eq!(
+            exchange(&mut client, b"221 2.0.0 bye\r\n"),
+            (String::new(), vec![ClientEvent::Closed(CloseReason::Quit)])
+        );
+    }
+
+    #[test]
+    fn happy_path_pipelined_in_one_write() {
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["b@b.example", "c@b.example"]);
+        assert_eq!(
+            send(&mut client, &env, &[0, 1], b"hi\r\n"),
+            "MAIL FROM:<alice@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\nDATA\r\n"
+        );
+        assert_eq!(
+            exchange(&mut client, b"250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n"),
+            ("hi\r\n.\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        assert_eq!(
+            exchange(&mut client, b"250 2.0.0 queued\r\n"),
+            (
+                String::new(),
+                vec![
+                    done(vec![(0, delivered()), (1, delivered())]),
+                    ClientEvent::Ready
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn chunking_sends_raw_bytes_with_bdat() {
+        let mut client = ready(b"250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SIZE 100\r\n");
+        let env = envelope(&["b@b.example"]);
+        let data = b".not stuffed\r\nend";
+        assert_eq!(
+            send(&mut client, &env, &[0], data),
+            "MAIL FROM:<alice@a.example> SIZE=17\r\nRCPT TO:<b@b.example>\r\nBDAT 17 LAST\r\n.not stuffed\r\nend"
+        );
+        assert_eq!(client.read_timeout(), MAIL_TIMEOUT_DEFAULT);
+        assert_eq!(
+            exchange(&mut client, b"250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n"),
+            (
+                String::new(),
+                vec![done(vec![(0, delivered())]), ClientEvent::Ready]
+            )
+        );
+    }
+
+    #[test]
+    fn chunking_lock_step_and_refused_chunk_resets() {
+        let mut client = ready(b"250-mx\r\n250 CHUNKING\r\n");
+        let env = envelope(&["b@b.example"]);
+        send(&mut client, &env, &[0], b"x\r\n");
+        exchange(&mut client, b"250 ok\r\n");
+        assert_eq!(
+            exchange(&mut client, b"250 ok\r\n"),
+            ("BDAT 3 LAST\r\nx\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        assert_eq!(client.read_timeout(), DATA_TERM_TIMEOUT_DEFAULT);
+        assert_eq!(
+            exchange(&mut client, b"554 5.6.0 no\r\n"),
+            ("RSET\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        let refused = RecipientOutcome::PermFailed(reply(554, (5, 6, 0), "no"));
+        assert_eq!(
+            exchange(&mut client, b"250 ok\r\n"),
+            (
+                String::new(),
+                vec![done(vec![(0, refused)]), ClientEvent::Ready]
+            )
+        );
+    }
+
+    #[test]
+    fn helo_fallback() {
+        for code in ["500", "502", "504", "550"] {
+            let mut client = session(TlsPolicy::Opportunistic);
+            exchange(&mut client, b"220 old.example\r\n");
+            assert_eq!(
+                exchange(&mut client, format!("{code} what?\r\n").as_bytes()),
+                (
+                    "HELO relay.a.example\r\n".into(),
+                    vec![ClientEvent::NeedInput]
+                )
+            );
+            assert_eq!(
+                exchange(&mut client, b"250 old.example\r\n"),
+                (String::new(), vec![ClientEvent::Ready])
+            );
+            assert_eq!(client.extensions(), &Extensions::default());
+        }
+    }
+
+    #[test]
+    fn helo_refused_quits() {
+        let mut client = session(TlsPolicy::Off);
+        exchange(&mut client, b"220 x\r\n");
+        assert_eq!(
+            exchange(&mut client, b"554 5.7.1 go away\r\n"),
+            ("QUIT\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        client.peer_closed();
+        assert_eq!(
+            client.poll(),
+            ClientEvent::Closed(CloseReason::HelloRefused(reply(554, (5, 7, 1), "go away")))
+        );
+        // HELO refused after the EHLO fallback.
+        let mut client = session(TlsPolicy::Off);
+        exchange(&mut client, b"220 x\r\n");
+        exchange(&mut client, b"502 no\r\n");
+        assert_eq!(
+            exchange(&mut client, b"501 bad\r\n"),
+            ("QUIT\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+    }
+
+    #[test]
+    fn greeting_refused() {
+        let mut client = session(TlsPolicy::Off);
+        assert_eq!(client.read_timeout(), GREETING_TIMEOUT_DEFAULT);
+        assert_eq!(
+            exchange(&mut client, b"554 no mail here\r\n"),
+            ("QUIT\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        let refusal = ReceivedReply {
+            code: 554,
+            enhanced: None,
+            text: "no mail here".into(),
+        };
+        assert_eq!(
+            exchange(&mut client, b"221 bye\r\n"),
+            (
+                String::new(),
+                vec![ClientEvent::Closed(CloseReason::GreetingRefused(refusal))]
+            )
+        );
+        let mut client = session(TlsPolicy::Off);
+        assert_eq!(
+            exchange(&mut client, b"421 busy\r\n").0,
+            "",
+            "no QUIT after a 421 greeting"
+        );
+        assert!(matches!(
+            client.poll(),
+            ClientEvent::Closed(CloseReason::GreetingRefused(_))
+        ));
+    }
+
+    #[test]
+    fn starttls_opportunistic_offered() {
+        let mut client = session(TlsPolicy::Opportunistic);
+        exchange(&mut client, b"220 mx\r\n");
+        assert_eq!(
+            exchange(&mut client, b"250-mx\r\n250-PIPELINING\r\n250 STARTTLS\r\n"),
+            ("STARTTLS\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        // A reply injected behind the 220 is dropped, not read after TLS.
+        assert_eq!(
+            exchange(&mut client, b"220 2.0.0 go\r\n250 injected\r\n"),
+            (String::new(), vec![ClientEvent::StartTls])
+        );
+        client.receive(b"250 more injected\r\n");
+        assert_eq!(client.poll(), ClientEvent::StartTls);
+        client.tls_started();
+        assert_eq!(client.extensions(), &Extensions::default());
+        assert_eq!(
+            exchange(&mut client, b""),
+            (
+                "EHLO relay.a.example\r\n".into(),
+                vec![ClientEvent::NeedInput]
+            )
+        );
+        // Under TLS, STARTTLS is not sent again even if offered.
+        assert_eq!(
+            exchange(&mut client, b"250-mx\r\n250-STARTTLS\r\n250 CHUNKING\r\n"),
+            (String::new(), vec![ClientEvent::Ready])
+        );
+        assert!(client.extensions().chunking);
+        assert!(!client.extensions().pipelining);
+    }
+
+    #[test]
+    fn starttls_opportunistic_refused_or_not_offered_goes_on_in_clear() {
+        let mut client = session(TlsPolicy::Opportunistic);
+        exchange(&mut client, b"220 mx\r\n");
+        exchange(&mut client, b"250-mx\r\n250 STARTTLS\r\n");
+        assert_eq!(
+            exchange(&mut client, b"454 4.7.0 TLS not available\r\n"),
+            (String::new(), vec![ClientEvent::Ready])
+        );
+        let mut client = session(TlsPolicy::Opportunistic);
+        exchange(&mut client, b"220 mx\r\n");
+        assert_eq!(
+            exchange(&mut client, EHLO_PLAIN),
+            (String::new(), vec![ClientEvent::Ready])
+        );
+    }
+
+    #[test]
+    fn starttls_off_never_sent() {
+        let mut client = session(TlsPolicy::Off);
+        exchange(&mut client, b"220 mx\r\n");
+        assert_eq!(
+            exchange(&mut client, b"250-mx\r\n250 STARTTLS\r\n"),
+            (String::new(), vec![ClientEvent::Ready])
+        );
+    }
+
+    #[test]
+    fn starttls_required() {
+        // Not offered.
+        let mut client = session(TlsPolicy::Required);
+        exchange(&mut client, b"220 mx\r\n");
+        assert_eq!(
+            exchange(&mut client, EHLO_PLAIN),
+            ("QUIT\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        assert_eq!(
+            exchange(&mut client, b"221 bye\r\n").1,
+            vec![ClientEvent::Closed(CloseReason::TlsRequiredButUnavailable)]
+        );
+        // Offered, refused.
+        let mut client = session(TlsPolicy::Required);
+        exchange(&mut client, b"220 mx\r\n");
+        exchange(&mut client, b"250-mx\r\n250 STARTTLS\r\n");
+        assert_eq!(
+            exchange(&mut client, b"454 no\r\n"),
+            ("QUIT\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        client.timed_out();
+        assert_eq!(
+            client.poll(),
+            ClientEvent::Closed(CloseReason::TlsRequiredButUnavailable)
+        );
+        // Offered and accepted.
+        let mut client = session(TlsPolicy::Required);
+        exchange(&mut client, b"220 mx\r\n");
+        exchange(&mut client, b"250-mx\r\n250 STARTTLS\r\n");
+        assert_eq!(
+            exchange(&mut client, b"220 go\r\n").1,
+            vec![ClientEvent::StartTls]
+        );
+        client.tls_started();
+        assert_eq!(exchange(&mut client, b"").0, "EHLO relay.a.example\r\n");
+        assert_eq!(
+            exchange(&mut client, EHLO_PLAIN).1,
+            vec![ClientEvent::Ready]
+        );
+        // Implicit TLS: nothing to negotiate.
+        let config = Arc::new(ClientConfig::new("r".into(), TlsPolicy::Required));
+        let mut client = ClientSession::new(config, true);
+        exchange(&mut client, b"220 mx\r\n");
+        assert_eq!(
+            exchange(&mut client, EHLO_PLAIN).1,
+            vec![ClientEvent::Ready]
+        );
+    }
+
+    #[test]
+    fn size_refusal_is_local_and_keeps_connection() {
+        let mut client = ready(b"250-mx\r\n250 SIZE 10\r\n");
+        let env = envelope(&["b@b.example", "c@b.example"]);
+        let refused = client
+            .start_transaction(OutboundTransaction {
+                envelope: &env,
+                recipients: vec![0, 1],
+                data: b"01234567890",
+            })
+            .unwrap_err();
+        assert_eq!(refused.outcomes.len(), 2);
+        for (_, outcome) in &refused.outcomes {
+            let RecipientOutcome::PermFailed(reply) = outcome else {
+                panic!("{outcome:?}");
+            };
+            assert_eq!((reply.code, reply.enhanced), (552, Some((5, 3, 4))));
+            assert!(reply.text.starts_with("local: "));
+        }
+        assert_eq!(client.output(), b"");
+        assert_eq!(client.poll(), ClientEvent::Ready);
+        // Exactly the limit is fine.
+        assert_eq!(
+            send(&mut client, &env, &[0], b"0123456789"),
+            "MAIL FROM:<alice@a.example> SIZE=10\r\n"
+        );
+    }
+
+    #[test]
+    fn smtputf8_refusal() {
+        let mut client = ready(EHLO_PLAIN);
+        let mut env = envelope(&["bö@b.example"]);
+        env.smtputf8 = true;
+        let refused = client
+            .start_transaction(OutboundTransaction {
+                envelope: &env,
+                recipients: vec![0],
+                data: b"x\r\n",
+            })
+            .unwrap_err();
+        let RecipientOutcome::PermFailed(reply) = &refused.outcomes[0].1 else {
+            panic!("{refused:?}");
+        };
+        assert_eq!((reply.code, reply.enhanced), (553, Some((5, 6, 7))));
+        assert!(reply.text.starts_with("local: "));
+        // Offered: sent with the SMTPUTF8 parameter.
+        let mut client = ready(b"250-mx\r\n250 SMTPUTF8\r\n");
+        assert_eq!(
+            send(&mut client, &env, &[0], b"x\r\n"),
+            "MAIL FROM:<alice@a.example> SMTPUTF8\r\n"
+        );
+    }
+
+    #[test]
+    fn mixed_rcpt_results() {
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["nobody@b.example", "b@b.example", "later@b.example"]);
+        send(&mut client, &env, &[0, 1, 2], b"x\r\n");
+        assert_eq!(
+            exchange(
+                &mut client,
+                b"250 ok\r\n550 5.1.1 no such user\r\n250 ok\r\n451 4.2.0 later\r\n354 go\r\n"
+            ),
+            ("x\r\n.\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        assert_eq!(
+            exchange(&mut client, b"250 2.0.0 queued\r\n").1,
+            vec![
+                done(vec![
+                    (
+                        0,
+                        RecipientOutcome::PermFailed(reply(550, (5, 1, 1), "no such user"))
+                    ),
+                    (1, delivered()),
+                    (
+                        2,
+                        RecipientOutcome::TempFailed(reply(451, (4, 2, 0), "later"))
+                    ),
+                ]),
+                ClientEvent::Ready
+            ]
+        );
+    }
+
+    #[test]
+    fn all_rcpts_failed_pipelined_sends_no_data_and_resets() {
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["x@b.example", "y@b.example"]);
+        send(&mut client, &env, &[0, 1], b"secret\r\n");
+        assert_eq!(
+            exchange(
+                &mut client,
+                b"250 ok\r\n550 5.1.1 no\r\n450 4.2.1 busy\r\n554 5.5.1 no valid recipients\r\n"
+            ),
+            ("RSET\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        assert_eq!(
+            exchange(&mut client, b"250 2.0.0 ok\r\n").1,
+            vec![
+                done(vec![
+                    (0, RecipientOutcome::PermFailed(reply(550, (5, 1, 1), "no"))),
+                    (
+                        1,
+                        RecipientOutcome::TempFailed(reply(450, (4, 2, 1), "busy"))
+                    ),
+                ]),
+                ClientEvent::Ready
+            ]
+        );
+        // Reusable.
+        assert!(send(&mut client, &env, &[1], b"x\r\n").starts_with("MAIL FROM:"));
+    }
+
+    #[test]
+    fn all_rcpts_failed_pipelined_but_peer_says_354() {
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["x@b.example"]);
+        send(&mut client, &env, &[0], b"secret\r\n");
+        assert_eq!(
+            exchange(&mut client, b"250 ok\r\n550 5.1.1 no\r\n354 go\r\n"),
+            (".\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        assert_eq!(
+            exchange(&mut client, b"554 5.5.1 no recipients\r\n").1,
+            vec![
+                done(vec![(
+                    0,
+                    RecipientOutcome::PermFailed(reply(550, (5, 1, 1), "no"))
+                )]),
+                ClientEvent::Ready
+            ]
+        );
+    }
+
+    #[test]
+    fn all_rcpts_failed_lock_step_resets_without_data() {
+        let mut client = ready(EHLO_PLAIN);
+        let env = envelope(&["x@b.example"]);
+        send(&mut client, &env, &[0], b"secret\r\n");
+        exchange(&mut client, b"250 ok\r\n");
+        assert_eq!(
+            exchange(&mut client, b"550 5.1.1 no\r\n"),
+            ("RSET\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        assert_eq!(exchange(&mut client, b"250 ok\r\n").1.len(), 2);
+        assert_eq!(client.poll(), ClientEvent::Ready);
+    }
+
+    #[test]
+    fn mail_451_fails_every_recipient() {
+        let tempfail = RecipientOutcome::TempFailed(reply(451, (4, 3, 0), "try later"));
+        // Lock-step: done at once, nothing more sent.
+        let mut client = ready(EHLO_PLAIN);
+        let env = envelope(&["x@b.example", "y@b.example"]);
+        send(&mut client, &env, &[0, 1], b"x\r\n");
+        assert_eq!(
+            exchange(&mut client, b"451 4.3.0 try later\r\n"),
+            (
+                String::new(),
+                vec![
+                    done(vec![(0, tempfail.clone()), (1, tempfail.clone())]),
+                    ClientEvent::Ready
+                ]
+            )
+        );
+        // Pipelined: the 503s to RCPT and DATA are expected; no RSET needed.
+        let mut client = ready(EHLO_PIPELINING);
+        send(&mut client, &env, &[0, 1], b"x\r\n");
+        assert_eq!(
+            exchange(
+                &mut client,
+                b"451 4.3.0 try later\r\n503 5.5.1 no\r\n503 5.5.1 no\r\n503 5.5.1 no\r\n"
+            ),
+            (
+                String::new(),
+                vec![
+                    done(vec![(0, tempfail.clone()), (1, tempfail)]),
+                    ClientEvent::Ready
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn data_554_fails_accepted_recipients() {
+        // Refused after the content.
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["x@b.example"]);
+        send(&mut client, &env, &[0], b"spam\r\n");
+        exchange(&mut client, b"250 ok\r\n250 ok\r\n354 go\r\n");
+        let refused = RecipientOutcome::PermFailed(reply(554, (5, 7, 1), "spam"));
+        assert_eq!(
+            exchange(&mut client, b"554 5.7.1 spam\r\n"),
+            (
+                String::new(),
+                vec![done(vec![(0, refused.clone())]), ClientEvent::Ready]
+            )
+        );
+        // Refused at the DATA command: RSET before the next transaction.
+        send(&mut client, &env, &[0], b"spam\r\n");
+        assert_eq!(
+            exchange(&mut client, b"250 ok\r\n250 ok\r\n554 5.7.1 spam\r\n"),
+            ("RSET\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        assert_eq!(
+            exchange(&mut client, b"250 ok\r\n").1,
+            vec![done(vec![(0, refused)]), ClientEvent::Ready]
+        );
+    }
+
+    #[test]
+    fn service_closing_mid_transaction() {
+        let mut client = ready(EHLO_PLAIN);
+        let env = envelope(&["x@b.example", "y@b.example"]);
+        send(&mut client, &env, &[0, 1], b"x\r\n");
+        exchange(&mut client, b"250 ok\r\n");
+        exchange(&mut client, b"550 5.1.1 no\r\n");
+        let closing = reply(421, (4, 3, 2), "shutting down");
+        assert_eq!(
+            exchange(&mut client, b"421 4.3.2 shutting down\r\n"),
+            (
+                String::new(),
+                vec![
+                    done(vec![
+                        (0, RecipientOutcome::PermFailed(reply(550, (5, 1, 1), "no"))),
+                        (1, RecipientOutcome::TempFailed(closing.clone())),
+                    ]),
+                    ClientEvent::Closed(CloseReason::ServiceClosing(closing))
+                ]
+            )
+        );
+        // Closed stays closed.
+        client.receive(b"250 ok\r\n");
+        assert!(matches!(client.poll(), ClientEvent::Closed(_)));
+    }
+
+    #[test]
+    fn unsolicited_421_while_idle_closes() {
+        let mut client = ready(EHLO_PLAIN);
+        assert!(matches!(
+            exchange(&mut client, b"421 4.4.2 idle too long\r\n").1[..],
+            [ClientEvent::Closed(CloseReason::ServiceClosing(_))]
+        ));
+        let mut client = ready(EHLO_PLAIN);
+        assert!(matches!(
+            exchange(&mut client, b"250 what\r\n").1[..],
+            [ClientEvent::Closed(CloseReason::ProtocolError(_))]
+        ));
+    }
+
+    #[test]
+    fn two_transactions_on_one_connection() {
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["x@b.example"]);
+        for _ in 0..2 {
+            assert!(send(&mut client, &env, &[0], b"x\r\n").ends_with("DATA\r\n"));
+            exchange(&mut client, b"250 ok\r\n250 ok\r\n354 go\r\n");
+            assert_eq!(
+                exchange(&mut client, b"250 2.0.0 queued\r\n").1,
+                vec![done(vec![(0, delivered())]), ClientEvent::Ready]
+            );
+        }
+    }
+
+    #[test]
+    fn dot_stuffing_on_the_wire() {
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["x@b.example"]);
+        send(&mut client, &env, &[0], b".hidden\r\nok\r\n.\r\nlast");
+        assert_eq!(
+            exchange(&mut client, b"250 ok\r\n250 ok\r\n354 go\r\n").0,
+            "..hidden\r\nok\r\n..\r\nlast\r\n.\r\n"
+        );
+    }
+
+    #[test]
+    fn malformed_reply_closes_with_pending_tempfailed() {
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["x@b.example"]);
+        send(&mut client, &env, &[0], b"x\r\n");
+        let (written, events) = exchange(&mut client, b"250 ok\r\nHELLO\r\n");
+        assert_eq!(written, "");
+        let [ClientEvent::TransactionDone(result), ClientEvent::Closed(CloseReason::ProtocolError(_))] =
+            &events[..]
+        else {
+            panic!("{events:?}");
+        };
+        let RecipientOutcome::TempFailed(reply) = &result.outcomes[0].1 else {
+            panic!("{result:?}");
+        };
+        assert!(reply.text.starts_with("local: protocol error"));
+    }
+
+    #[test]
+    fn overlong_and_unexpected_replies_are_protocol_errors() {
+        let mut long = b"220 ".to_vec();
+        long.extend_from_slice(&[b'x'; 600]);
+        let mut client = session(TlsPolicy::Off);
+        assert!(matches!(
+            exchange(&mut client, &long).1[..],
+            [ClientEvent::Closed(CloseReason::ProtocolError(_))]
+        ));
+        let mut client = session(TlsPolicy::Off);
+        assert!(matches!(
+            exchange(&mut client, b"354 what\r\n").1[..],
+            [ClientEvent::Closed(CloseReason::ProtocolError(_))]
+        ));
+        let mut client = ready(EHLO_PLAIN);
+        let env = envelope(&["x@b.example"]);
+        send(&mut client, &env, &[0], b"x\r\n");
+        assert!(matches!(
+            exchange(&mut client, b"354 go\r\n").1[..],
+            [
+                ClientEvent::TransactionDone(_),
+                ClientEvent::Closed(CloseReason::ProtocolError(_))
+            ]
+        ));
+    }
+
+    #[test]
+    fn timeout_mid_transaction() {
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["x@b.example", "y@b.example"]);
+        send(&mut client, &env, &[0, 1], b"x\r\n");
+        exchange(&mut client, b"250 ok\r\n250 ok\r\n");
+        client.timed_out();
+        let events = exchange(&mut client, b"").1;
+        let [ClientEvent::TransactionDone(result), ClientEvent::Closed(CloseReason::TimedOut)] =
+            &events[..]
+        else {
+            panic!("{events:?}");
+        };
+        for (_, outcome) in &result.outcomes {
+            assert!(matches!(outcome, RecipientOutcome::TempFailed(reply) if reply.code == 451));
+        }
+    }
+
+    #[test]
+    fn peer_closed_mid_transaction() {
+        let mut client = ready(EHLO_PLAIN);
+        let env = envelope(&["x@b.example"]);
+        send(&mut client, &env, &[0], b"x\r\n");
+        client.peer_closed();
+        assert!(matches!(client.poll(), ClientEvent::TransactionDone(_)));
+        assert_eq!(client.poll(), ClientEvent::Closed(CloseReason::PeerClosed));
+        assert_eq!(client.output(), b"");
+    }
+
+    #[test]
+    fn rset_refused_closes_after_result() {
+        let mut client = ready(EHLO_PLAIN);
+        let env = envelope(&["x@b.example"]);
+        send(&mut client, &env, &[0], b"x\r\n");
+        exchange(&mut client, b"250 ok\r\n");
+        exchange(&mut client, b"550 no\r\n");
+        let (written, events) = exchange(&mut client, b"500 what\r\n");
+        assert_eq!(written, "QUIT\r\n");
+        assert!(matches!(
+            events[..],
+            [ClientEvent::TransactionDone(_), ClientEvent::NeedInput]
+        ));
+        assert!(matches!(
+            exchange(&mut client, b"221 bye\r\n").1[..],
+            [ClientEvent::Closed(CloseReason::ProtocolError(_))]
+        ));
+    }
+
+    #[test]
+    fn start_transaction_refused_when_not_ready() {
+        let mut client = session(TlsPolicy::Off);
+        let env = envelope(&["x@b.example"]);
+        let refused = client
+            .start_transaction(OutboundTransaction {
+                envelope: &env,
+                recipients: vec![0],
+                data: b"x",
+            })
+            .unwrap_err();
+        assert!(matches!(&refused.outcomes[0].1, RecipientOutcome::TempFailed(r) if r.code == 451));
+        assert_eq!(client.output(), b"");
+    }
+
+    #[test]
+    fn quit_mid_transaction_reports_first() {
+        let mut client = ready(EHLO_PLAIN);
+        let env = envelope(&["x@b.example"]);
+        send(&mut client, &env, &[0], b"x\r\n");
+        client.quit();
+        let (written, events) = exchange(&mut client, b"");
+        assert_eq!(written, "QUIT\r\n");
+        assert!(matches!(
+            events[..],
+            [ClientEvent::TransactionDone(_), ClientEvent::NeedInput]
+        ));
+        client.peer_closed();
+        assert_eq!(client.poll(), ClientEvent::Closed(CloseReason::Quit));
+    }
+
+    /// A whole conversation, one entry per turn of the server: greeting,
+    /// EHLO, two pipelined transactions (one with a refused recipient), QUIT.
+    const SCRIPT: [&[u8]; 7] = [
+        b"220 mx ESMTP\r\n",
+        b"250-mx\r\n250-PIPELINING\r\n250-SIZE\r\n250 ENHANCEDSTATUSCODES\r\n",
+        b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no\r\n354 go\r\n",
+        b"250 2.0.0 one\r\n",
+        b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go\r\n",
+        b"250 2.0.0 two\r\n",
+        b"221 2.0.0 bye\r\n",
+    ];
+
+    /// Runs SCRIPT, each turn fed in pieces of at most `chunk` bytes;
+    /// returns everything written and every event.
+    fn run_script(chunk: usize) -> (String, Vec<ClientEvent>) {
+        let env = envelope(&["x@b.example", "y@b.example"]);
+        let mut client = session(TlsPolicy::Off);
+        let mut written = String::new();
+        let mut events = Vec::new();
+        let mut sent = 0;
+        let mut input = SCRIPT.iter().flat_map(|turn| turn.chunks(chunk));
+        loop {
+            let event = client.poll();
+            written.push_str(&take_output(&mut client));
+            match event {
+                ClientEvent::NeedInput => match input.next() {
+                    Some(piece) => client.receive(piece),
+                    None => client.peer_closed(),
+                },
+                ClientEvent::Ready => {
+                    events.push(ClientEvent::Ready);
+                    if sent < 2 {
+                        let recipients = if sent == 0 { vec![0, 1] } else { vec![0] };
+                        sent += 1;
+                        client
+                            .start_transaction(OutboundTransaction {
+                                envelope: &env,
+                                recipients,
+                                data: b"x\r\n",
+                            })
+                            .unwrap();
+                    } else {
+                        client.quit();
+                    }
+                }
+                ClientEvent::Closed(_) => {
+                    events.push(event);
+                    return (written, events);
+                }
+                other => events.push(other),
+            }
+        }
+    }
+
+    #[test]
+    fn byte_at_a_time_equals_all_at_once() {
+        let whole = run_script(usize::MAX);
+        assert_eq!(whole, run_script(1));
+        assert_eq!(whole, run_script(7));
+        let (written, events) = whole;
+        assert_eq!(
+            written,
+            "EHLO relay.a.example\r\n\
+MAIL FROM:<alice@a.example> SIZE=3\r\nRCPT TO:<x@b.example>\r\nRCPT TO:<y@b.example>\r\nDATA\r\nx\r\n.\r\n\
+MAIL FROM:<alice@a.example> SIZE=3\r\nRCPT TO:<x@b.example>\r\nDATA\r\nx\r\n.\r\n\
+QUIT\r\n"
+        );
+        assert_eq!(events.len(), 6);
+        assert_eq!(events[5], ClientEvent::Closed(CloseReason::Quit));
+    }
+}
