@@ -95,11 +95,6 @@ impl ReplyReader {
         *self = Self::default();
     }
 
-    /// True when no byte of a reply is buffered.
-    pub fn is_empty(&self) -> bool {
-        self.buf.len() == self.start && self.code.is_none()
-    }
-
     /// The next complete reply, `Ok(None)` when more bytes are needed.
     pub fn next_reply(&mut self) -> Result<Option<ReceivedReply>, ReplyError> {
         loop {
@@ -299,10 +294,9 @@ mod tests {
         let mut reader = ReplyReader::default();
         reader.push(b"250-a\r\n250 b");
         assert_eq!(reader.next_reply(), Ok(None));
-        assert!(!reader.is_empty());
         reader.push(b"\r\n");
         assert_eq!(reader.next_reply().unwrap().unwrap().text, "a\nb");
-        assert!(reader.is_empty());
+        assert_eq!(reader.next_reply(), Ok(None));
     }
 
     #[test]

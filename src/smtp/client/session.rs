@@ -1181,6 +1181,42 @@ mod tests {
     }
 
     #[test]
+    fn data_answered_with_2xx_is_protocol_error() {
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["x@b.example"]);
+        send(&mut client, &env, &[0], b"x\r\n");
+        let events = exchange(&mut client, b"250 ok\r\n250 ok\r\n250 ok\r\n").1;
+        let [ClientEvent::TransactionDone(result), ClientEvent::Closed(CloseReason::ProtocolError(_))] =
+            &events[..]
+        else {
+            panic!("{events:?}");
+        };
+        assert!(matches!(
+            &result.outcomes[0].1,
+            RecipientOutcome::TempFailed(_)
+        ));
+    }
+
+    #[test]
+    fn no_sendable_recipient_refused_locally() {
+        let mut client = ready(EHLO_PIPELINING);
+        let env = envelope(&["x@b.example"]);
+        let refused = client
+            .start_transaction(OutboundTransaction {
+                envelope: &env,
+                recipients: vec![3],
+                data: b"x\r\n",
+            })
+            .unwrap_err();
+        assert!(matches!(
+            &refused.outcomes[..],
+            [(3, RecipientOutcome::PermFailed(_))]
+        ));
+        assert_eq!(client.output(), b"");
+        assert_eq!(client.poll(), ClientEvent::Ready);
+    }
+
+    #[test]
     fn timeout_mid_transaction() {
         let mut client = ready(EHLO_PIPELINING);
         let env = envelope(&["x@b.example", "y@b.example"]);

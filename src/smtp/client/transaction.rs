@@ -306,14 +306,9 @@ impl ActiveTransaction {
                     self.expects.push_back(Expect::DataEndIgnored);
                 }
             }
-            Expect::Data | Expect::Bdat if final_class => {
-                self.set_accepted_outcomes(reply);
-                // After a refused DATA/BDAT the peer still holds the
-                // transaction; RSET makes the connection reusable.
-                if class != 2 && self.mail == MailState::Accepted {
-                    self.send_rset(out);
-                }
-            }
+            // A 2xx to DATA itself would mean content nobody asked for.
+            Expect::Data if matches!(class, 4 | 5) => self.content_reply(reply, out),
+            Expect::Bdat if final_class => self.content_reply(reply, out),
             Expect::DataEnd if final_class => self.set_accepted_outcomes(reply),
             Expect::DataEndIgnored if final_class => {}
             Expect::Rset if class == 2 => {}
@@ -343,6 +338,17 @@ impl ActiveTransaction {
                 .into_iter()
                 .map(|(index, outcome)| (index, outcome.unwrap_or_else(|| pending.clone())))
                 .collect(),
+        }
+    }
+
+    /// The final reply to DATA (a refusal) or to BDAT LAST goes to every
+    /// accepted recipient.
+    fn content_reply(&mut self, reply: &ReceivedReply, out: &mut Vec<u8>) {
+        self.set_accepted_outcomes(reply);
+        // After a refused DATA/BDAT the peer still holds the transaction;
+        // RSET makes the connection reusable.
+        if reply.class() != 2 && self.mail == MailState::Accepted {
+            self.send_rset(out);
         }
     }
 
