@@ -677,6 +677,26 @@ mod tests {
     }
 
     #[test]
+    fn chunking_pipelined_all_rcpts_failed_resets() {
+        let mut client = ready(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+        let env = envelope(&["x@b.example"]);
+        // The chunk is already on its way with the pipelined BDAT.
+        assert!(send(&mut client, &env, &[0], b"x\r\n").ends_with("BDAT 3 LAST\r\nx\r\n"));
+        assert_eq!(
+            exchange(
+                &mut client,
+                b"250 ok\r\n550 5.1.1 no\r\n554 5.5.1 no valid recipients\r\n"
+            ),
+            ("RSET\r\n".into(), vec![ClientEvent::NeedInput])
+        );
+        let refused = RecipientOutcome::PermFailed(reply(550, (5, 1, 1), "no"));
+        assert_eq!(
+            exchange(&mut client, b"250 ok\r\n").1,
+            vec![done(vec![(0, refused)]), ClientEvent::Ready]
+        );
+    }
+
+    #[test]
     fn helo_fallback() {
         for code in ["500", "502", "504", "550"] {
             let mut client = session(TlsPolicy::Opportunistic);
@@ -1293,6 +1313,42 @@ mod tests {
         ));
         client.peer_closed();
         assert_eq!(client.poll(), ClientEvent::Closed(CloseReason::Quit));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let env = envelope(&["x@b.example", "y@b.example"]);
+        let mut rng = fastrand::Rng::with_seed(5321);
+        let alphabet = b"0123459 -.\r\n\xffSTARTLS";
+        for round in 0..500 {
+            let mut client = session(TlsPolicy::Opportunistic);
+            // Half the rounds start from a valid opening so later phases get garbage too.
+            if round % 2 == 0 {
+                exchange(
+                    &mut client,
+                    b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n",
+                );
+                let _ = client.start_transaction(OutboundTransaction {
+                    envelope: &env,
+                    recipients: vec![0, 1],
+                    data: b"x\r\n",
+                });
+            }
+            for _ in 0..200 {
+                let len = rng.usize(1..20);
+                let piece: Vec<u8> = (0..len)
+                    .map(|_| alphabet[rng.usize(..alphabet.len())])
+                    .collect();
+                client.receive(&piece);
+                match client.poll() {
+                    ClientEvent::Closed(_) => break,
+                    ClientEvent::StartTls => client.tls_started(),
+                    ClientEvent::Ready => client.quit(),
+                    _ => {}
+                }
+                take_output(&mut client);
+            }
+        }
     }
 
     /// A whole conversation, one entry per turn of the server: greeting,
