@@ -274,35 +274,25 @@ impl ClientSession {
 
     /// The peer closed the connection (EOF).
     pub fn peer_closed(&mut self) {
-        match &mut self.phase {
-            Phase::Closed(_) => {}
-            Phase::Quitting(reason) => {
-                let reason = std::mem::replace(reason, CloseReason::Quit);
-                self.close(reason);
-            }
-            _ => self.abort(
-                CloseReason::PeerClosed,
-                &ReceivedReply::local(451, (4, 4, 2), "connection closed by the peer"),
-            ),
+        if matches!(self.phase, Phase::Closed(_)) || self.close_if_quitting() {
+            return;
         }
+        self.abort(
+            CloseReason::PeerClosed,
+            &ReceivedReply::local(451, (4, 4, 2), "connection closed by the peer"),
+        );
     }
 
     /// The runtime's read timer (`read_timeout()`) expired.
     pub fn timed_out(&mut self) {
-        match &mut self.phase {
-            Phase::Closed(_) => {}
-            Phase::Quitting(reason) => {
-                let reason = std::mem::replace(reason, CloseReason::Quit);
-                self.close(reason);
-            }
-            _ => {
-                metrics::counter!("tern_smtp_client_timeouts_total").increment(1);
-                self.abort(
-                    CloseReason::TimedOut,
-                    &ReceivedReply::local(451, (4, 4, 2), "timed out waiting for the peer's reply"),
-                );
-            }
+        if matches!(self.phase, Phase::Closed(_)) || self.close_if_quitting() {
+            return;
         }
+        metrics::counter!("tern_smtp_client_timeouts_total").increment(1);
+        self.abort(
+            CloseReason::TimedOut,
+            &ReceivedReply::local(451, (4, 4, 2), "timed out waiting for the peer's reply"),
+        );
     }
 
     /// Which timeout the runtime must apply to the next read (RFC 5321 4.5.3.2).
@@ -402,9 +392,8 @@ impl ClientSession {
                     )));
                 }
             },
-            Phase::Quitting(reason) => {
-                let reason = std::mem::replace(reason, CloseReason::Quit);
-                self.close(reason);
+            Phase::Quitting(_) => {
+                self.close_if_quitting();
             }
             Phase::Idle => self.protocol_error(format!("unsolicited reply {}", reply.code)),
             // `poll` reads no reply in these phases.
@@ -454,6 +443,17 @@ impl ClientSession {
         self.close(reason);
     }
 
+    /// After QUIT: closes with the reason QUIT was sent for. False in any
+    /// other phase.
+    fn close_if_quitting(&mut self) -> bool {
+        let Phase::Quitting(reason) = &mut self.phase else {
+            return false;
+        };
+        let reason = std::mem::replace(reason, CloseReason::Quit);
+        self.close(reason);
+        true
+    }
+
     fn close(&mut self, reason: CloseReason) {
         self.reader.clear();
         self.phase = Phase::Closed(reason);
@@ -461,10 +461,8 @@ impl ClientSession {
 
     fn protocol_error(&mut self, detail: String) {
         metrics::counter!("tern_smtp_client_protocol_errors_total").increment(1);
-        if let Phase::Quitting(reason) = &mut self.phase {
-            // The QUIT reply is all that was due; the connection is over anyway.
-            let reason = std::mem::replace(reason, CloseReason::Quit);
-            self.close(reason);
+        // After QUIT only its reply was due; the connection is over anyway.
+        if self.close_if_quitting() {
             return;
         }
         let pending = ReceivedReply::local(451, (4, 5, 0), &format!("protocol error: {detail}"));
