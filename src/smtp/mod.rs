@@ -5,6 +5,7 @@
 //! Nothing in here may touch a socket, a clock, a thread or an async
 //! runtime; the runtime layer drives [`ServerSession`].
 
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod relay_access;
