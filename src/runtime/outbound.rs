@@ -53,10 +53,7 @@ async fn within<S>(
 ) -> io::Result<S> {
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(io::Error::new(
-            e.kind(),
-            format!("connect to {addr}: {e}"),
-        )),
+        Ok(Err(e)) => Err(io::Error::new(e.kind(), format!("connect to {addr}: {e}"))),
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("connect to {addr}: no answer within {timeout:?}"),
@@ -221,5 +218,393 @@ impl<T: Transport> Transport for TlsClientStream<T> {
 
     async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         self.0.write_all(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::tls::TlsStream;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::ServerConfig;
+    use std::future::Future;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Every test finishes well inside this, or fails instead of hanging.
+    const TEST_DEADLINE: Duration = Duration::from_secs(10);
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+    struct TestCa {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl TestCa {
+        fn new(name: &str) -> TestCa {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.self_signed(&key).unwrap();
+            TestCa { cert, key }
+        }
+
+        fn roots(&self) -> Arc<RootCertStore> {
+            let mut roots = RootCertStore::empty();
+            roots.add(self.cert.der().clone()).unwrap();
+            Arc::new(roots)
+        }
+
+        /// A server configuration for a `localhost` leaf signed by this CA.
+        fn server_config(&self) -> Arc<ServerConfig> {
+            let key = KeyPair::generate().unwrap();
+            let params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            let leaf = params.signed_by(&key, &self.cert, &self.key).unwrap();
+            server_config_for(leaf.der().clone(), &key)
+        }
+    }
+
+    fn server_config_for(cert: CertificateDer<'static>, key: &KeyPair) -> Arc<ServerConfig> {
+        let key_der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], key_der)
+                .unwrap();
+        Arc::new(config)
+    }
+
+    fn self_signed_localhost() -> Arc<ServerConfig> {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        server_config_for(certified.cert.der().clone(), &certified.key_pair)
+    }
+
+    fn run<F: Future<Output = ()>>(test: F) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            tokio::time::timeout(TEST_DEADLINE, test)
+                .await
+                .expect("test ran past its deadline");
+        });
+    }
+
+    /// One TLS server session on a loopback port: answers "pong:" + what it
+    /// reads, once. Returns the address and the server's outcome.
+    async fn tls_echo_server(
+        config: Arc<ServerConfig>,
+    ) -> (SocketAddr, tokio::task::JoinHandle<io::Result<()>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::task::spawn_local(async move {
+            let (tcp, _) = listener.accept().await?;
+            let mut tls = TlsStream::accept(TokioStream(tcp), config).await?;
+            let (n, buf) = tls.read(Vec::with_capacity(1024)).await;
+            n?;
+            let mut reply = b"pong:".to_vec();
+            reply.extend_from_slice(&buf);
+            let (written, _) = tls.write_all(reply).await;
+            written
+        });
+        (addr, server)
+    }
+
+    async fn ping(stream: &mut impl Transport) -> Vec<u8> {
+        let (written, _) = stream.write_all(b"ping".to_vec()).await;
+        written.unwrap();
+        let mut got = Vec::new();
+        while got.len() < b"pong:ping".len() {
+            let (n, buf) = stream.read(Vec::with_capacity(1024)).await;
+            if n.unwrap() == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf);
+        }
+        got
+    }
+
+    #[test]
+    fn verified_connection_carries_data_both_ways() {
+        run(async {
+            let ca = TestCa::new("tern test CA");
+            let (addr, server) = tls_echo_server(ca.server_config()).await;
+            let tcp = connect_tokio(addr, CONNECT_TIMEOUT).await.unwrap();
+            let config = client_config(CertCheck::Roots(ca.roots()));
+            let mut tls = TlsClientStream::connect(tcp, config, "localhost")
+                .await
+                .unwrap();
+            assert!(
+                tls.describe().starts_with("TLSv1.3 TLS13_"),
+                "{}",
+                tls.describe()
+            );
+            assert_eq!(ping(&mut tls).await, b"pong:ping");
+            server.await.unwrap().unwrap();
+        });
+    }
+
+    #[test]
+    fn empty_roots_fail_with_a_certificate_error() {
+        run(async {
+            let ca = TestCa::new("tern test CA");
+            let (addr, server) = tls_echo_server(ca.server_config()).await;
+            let tcp = connect_tokio(addr, CONNECT_TIMEOUT).await.unwrap();
+            let config = client_config(CertCheck::Roots(Arc::new(RootCertStore::empty())));
+            let err = TlsClientStream::connect(tcp, config, "localhost")
+                .await
+                .err()
+                .expect("an empty trust store must not verify anything");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            let message = err.to_string();
+            assert!(
+                message.contains("TLS handshake with localhost"),
+                "{message}"
+            );
+            assert!(message.contains("UnknownIssuer"), "{message}");
+            assert!(server.await.unwrap().is_err(), "the server sees the alert");
+        });
+    }
+
+    #[test]
+    fn another_ca_fails() {
+        run(async {
+            let ca = TestCa::new("tern test CA");
+            let other = TestCa::new("some other CA");
+            let (addr, _server) = tls_echo_server(ca.server_config()).await;
+            let tcp = connect_tokio(addr, CONNECT_TIMEOUT).await.unwrap();
+            let config = client_config(CertCheck::Roots(other.roots()));
+            let err = TlsClientStream::connect(tcp, config, "localhost")
+                .await
+                .err()
+                .expect("a certificate from another CA must fail");
+            assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+        });
+    }
+
+    #[test]
+    fn wrong_name_fails_with_roots() {
+        run(async {
+            let ca = TestCa::new("tern test CA");
+            let (addr, _server) = tls_echo_server(ca.server_config()).await;
+            let tcp = connect_tokio(addr, CONNECT_TIMEOUT).await.unwrap();
+            let config = client_config(CertCheck::Roots(ca.roots()));
+            let err = TlsClientStream::connect(tcp, config, "mx.example.org")
+                .await
+                .err()
+                .expect("a certificate for another name must fail");
+            assert!(err.to_string().contains("not valid for name"), "{err}");
+        });
+    }
+
+    #[test]
+    fn opportunistic_accepts_self_signed_and_wrong_name() {
+        run(async {
+            for name in ["localhost", "mx.example.org", "127.0.0.1"] {
+                let (addr, server) = tls_echo_server(self_signed_localhost()).await;
+                let tcp = connect_tokio(addr, CONNECT_TIMEOUT).await.unwrap();
+                let mut tls = TlsClientStream::connect(tcp, client_config(CertCheck::None), name)
+                    .await
+                    .unwrap();
+                assert_eq!(ping(&mut tls).await, b"pong:ping", "{name}");
+                server.await.unwrap().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn opportunistic_checks_tls12_handshake_signature_path() {
+        run(async {
+            let certified =
+                rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+            let key_der = PrivateKeyDer::try_from(certified.key_pair.serialize_der()).unwrap();
+            let tls12_only = ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key_der)
+            .unwrap();
+            let (addr, server) = tls_echo_server(Arc::new(tls12_only)).await;
+            let tcp = connect_tokio(addr, CONNECT_TIMEOUT).await.unwrap();
+            let mut tls =
+                TlsClientStream::connect(tcp, client_config(CertCheck::None), "localhost")
+                    .await
+                    .unwrap();
+            assert!(
+                tls.describe().starts_with("TLSv1.2 TLS_ECDHE_"),
+                "{}",
+                tls.describe()
+            );
+            assert_eq!(ping(&mut tls).await, b"pong:ping");
+            server.await.unwrap().unwrap();
+        });
+    }
+
+    #[test]
+    fn system_roots_reads_the_trust_store_named_by_ssl_cert_file() {
+        // The only test in the crate that reads these variables, so changing
+        // them does not race with another test.
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, TestCa::new("tern test CA").cert.pem()).unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        std::env::remove_var("SSL_CERT_DIR");
+        std::env::set_var("SSL_CERT_FILE", &bundle);
+        let loaded = system_roots().map(|roots| roots.len());
+        std::env::set_var("SSL_CERT_FILE", &empty);
+        let from_empty = system_roots();
+        std::env::remove_var("SSL_CERT_FILE");
+        assert_eq!(loaded.unwrap(), 1);
+        let err = from_empty.unwrap_err();
+        assert!(err.to_string().starts_with("system trust store:"), "{err}");
+    }
+
+    #[test]
+    fn invalid_server_name_is_refused_before_any_io() {
+        run(async {
+            let (addr, _server) = tls_echo_server(self_signed_localhost()).await;
+            let tcp = connect_tokio(addr, CONNECT_TIMEOUT).await.unwrap();
+            let err = TlsClientStream::connect(tcp, client_config(CertCheck::None), "bad name!")
+                .await
+                .err()
+                .expect("not a DNS name or IP literal");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        });
+    }
+
+    #[test]
+    fn connect_to_a_closed_port_fails_quickly() {
+        run(async {
+            let addr = {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap()
+            };
+            let started = std::time::Instant::now();
+            let err = connect_tokio(addr, CONNECT_TIMEOUT)
+                .await
+                .err()
+                .expect("nothing listens there");
+            assert!(started.elapsed() < CONNECT_TIMEOUT);
+            assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        });
+    }
+
+    #[test]
+    fn connect_timeout_reports_timed_out() {
+        run(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let err = within(
+                addr,
+                Duration::from_millis(50),
+                std::future::pending::<io::Result<()>>(),
+            )
+            .await
+            .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+            assert!(err.to_string().contains(&addr.to_string()), "{err}");
+        });
+    }
+
+    #[test]
+    fn peer_closing_mid_handshake_is_an_error() {
+        run(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::task::spawn_local(async move {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                // Take the ClientHello, then hang up without answering.
+                let mut hello = [0u8; 512];
+                let _ = tcp.read(&mut hello).await;
+            });
+            let tcp = connect_tokio(addr, CONNECT_TIMEOUT).await.unwrap();
+            let err = TlsClientStream::connect(tcp, client_config(CertCheck::None), "localhost")
+                .await
+                .err()
+                .expect("the handshake cannot finish");
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        });
+    }
+
+    #[test]
+    fn plaintext_answer_to_client_hello_is_an_error() {
+        run(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::task::spawn_local(async move {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut hello = [0u8; 512];
+                let _ = tcp.read(&mut hello).await;
+                let _ = tcp.write_all(b"220 mx.example.org ESMTP\r\n").await;
+                // Hold the connection open: the client must fail on the bytes alone.
+                tokio::time::sleep(TEST_DEADLINE).await;
+            });
+            let tcp = connect_tokio(addr, CONNECT_TIMEOUT).await.unwrap();
+            let err = TlsClientStream::connect(tcp, client_config(CertCheck::None), "localhost")
+                .await
+                .err()
+                .expect("SMTP text is not a TLS record");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        });
+    }
+
+    #[test]
+    fn roots_from_pem_loads_a_ca_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, TestCa::new("tern test CA").cert.pem()).unwrap();
+        assert_eq!(roots_from_pem(&path).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn roots_from_pem_rejects_missing_and_empty_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = roots_from_pem(&missing).unwrap_err();
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = roots_from_pem(&empty).unwrap_err();
+        assert!(err.to_string().contains("no CERTIFICATE block"), "{err}");
+    }
+
+    #[test]
+    fn uring_connection_carries_data_both_ways() {
+        tokio_uring::start(async {
+            tokio::time::timeout(TEST_DEADLINE, async {
+                let ca = TestCa::new("tern test CA");
+                let server_config = ca.server_config();
+                let listener =
+                    tokio_uring::net::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let addr = listener.local_addr().unwrap();
+                let server = tokio_uring::spawn(async move {
+                    let (tcp, _) = listener.accept().await?;
+                    let mut tls = TlsStream::accept(UringStream(tcp), server_config).await?;
+                    let (n, buf) = tls.read(Vec::with_capacity(1024)).await;
+                    n?;
+                    let mut reply = b"pong:".to_vec();
+                    reply.extend_from_slice(&buf);
+                    tls.write_all(reply).await.0
+                });
+                let tcp = connect_uring(addr, CONNECT_TIMEOUT).await.unwrap();
+                let config = client_config(CertCheck::Roots(ca.roots()));
+                let mut tls = TlsClientStream::connect(tcp, config, "localhost")
+                    .await
+                    .unwrap();
+                assert_eq!(ping(&mut tls).await, b"pong:ping");
+                server.await.unwrap().unwrap();
+            })
+            .await
+            .expect("test ran past its deadline");
+        });
     }
 }

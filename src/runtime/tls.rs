@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{Connection, ServerConfig, ServerConnection};
+use rustls::{Connection, ProtocolVersion, ServerConfig, ServerConnection};
 
 use super::transport::{Transport, READ_CHUNK};
 
@@ -125,11 +125,12 @@ impl<T: Transport> RecordPump<T> {
 
     /// Protocol version and cipher suite, for logs and trace headers.
     pub(super) fn describe(&self) -> String {
-        let version = self
-            .conn
-            .protocol_version()
-            .and_then(|v| v.as_str())
-            .unwrap_or("TLS");
+        // The spelling OpenSSL and Received headers use, not rustls' `TLSv1_3`.
+        let version = match self.conn.protocol_version() {
+            Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        };
         let suite = self
             .conn
             .negotiated_cipher_suite()
