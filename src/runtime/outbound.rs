@@ -32,7 +32,7 @@ pub enum OutboundError {
 
 /// Open a TCP connection (plain tokio) with a connect timeout; TCP_NODELAY on.
 pub async fn connect_tokio(addr: SocketAddr, timeout: Duration) -> io::Result<TokioStream> {
-    let stream = within(addr, timeout, tokio::net::TcpStream::connect(addr)).await?;
+    let stream = connect_within(addr, timeout, tokio::net::TcpStream::connect(addr)).await?;
     // Pipelined SMTP writes whole command groups; Nagle would only delay them.
     stream.set_nodelay(true)?;
     Ok(TokioStream(stream))
@@ -40,13 +40,13 @@ pub async fn connect_tokio(addr: SocketAddr, timeout: Duration) -> io::Result<To
 
 /// Open a TCP connection (tokio-uring) with a connect timeout; TCP_NODELAY on.
 pub async fn connect_uring(addr: SocketAddr, timeout: Duration) -> io::Result<UringStream> {
-    let stream = within(addr, timeout, tokio_uring::net::TcpStream::connect(addr)).await?;
+    let stream = connect_within(addr, timeout, tokio_uring::net::TcpStream::connect(addr)).await?;
     stream.set_nodelay(true)?;
     Ok(UringStream(stream))
 }
 
 /// Run a connect attempt under `timeout`, naming the address in the error.
-async fn within<S>(
+async fn connect_within<S>(
     addr: SocketAddr,
     timeout: Duration,
     connect: impl std::future::Future<Output = io::Result<S>>,
@@ -503,7 +503,7 @@ mod tests {
         run(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
-            let err = within(
+            let err = connect_within(
                 addr,
                 Duration::from_millis(50),
                 std::future::pending::<io::Result<()>>(),
