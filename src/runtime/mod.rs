@@ -6,6 +6,7 @@
 //! and shuts down.
 
 pub mod listener;
+pub mod outbound;
 pub mod smtp_conn;
 pub mod tls;
 pub mod transport;

@@ -1,6 +1,8 @@
 //! TLS for any `Transport`: rustls driven by hand over owned buffers, so the
 //! io_uring and epoll drivers share one TLS path (STARTTLS and, later,
-//! implicit TLS). Also loads the PEM certificate and key named in `[tls]`.
+//! implicit TLS). The record pump serves both the server side here and the
+//! client side in `outbound`. Also loads the PEM certificate and key named
+//! in `[tls]`.
 //!
 //! This module must never see SMTP: it only turns plaintext into records
 //! and back, and it never reuses bytes received before the handshake began
@@ -12,7 +14,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::{Connection, ProtocolVersion, ServerConfig, ServerConnection};
 
 use super::transport::{Transport, READ_CHUNK};
 
@@ -54,16 +56,9 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, 
 }
 
 /// A TLS server stream over an inner transport.
-pub struct TlsStream<T> {
-    inner: T,
-    conn: ServerConnection,
-    /// Spare buffer for ciphertext moving to and from `inner`.
-    io_buf: Vec<u8>,
-    /// The peer closed the TCP stream or sent close_notify.
-    eof: bool,
-}
+pub struct TlsStream<T>(RecordPump<T>);
 
-fn tls_error(e: rustls::Error) -> io::Error {
+pub(super) fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
@@ -71,7 +66,42 @@ impl<T: Transport> TlsStream<T> {
     /// Run the server handshake to completion over `inner`.
     pub async fn accept(inner: T, config: Arc<ServerConfig>) -> io::Result<Self> {
         let conn = ServerConnection::new(config).map_err(tls_error)?;
-        let mut stream = TlsStream {
+        RecordPump::handshake(inner, Connection::Server(conn))
+            .await
+            .map(TlsStream)
+    }
+
+    /// Protocol version and cipher suite, for logs and trace headers.
+    pub fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+impl<T: Transport> Transport for TlsStream<T> {
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        self.0.read(buf).await
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        self.0.write_all(buf).await
+    }
+}
+
+/// The record pump shared by both sides (`TlsStream` here, the client in
+/// `outbound`): moves ciphertext between a rustls connection and `inner`.
+pub(super) struct RecordPump<T> {
+    inner: T,
+    conn: Connection,
+    /// Spare buffer for ciphertext moving to and from `inner`.
+    io_buf: Vec<u8>,
+    /// The peer closed the TCP stream or sent close_notify.
+    eof: bool,
+}
+
+impl<T: Transport> RecordPump<T> {
+    /// Run the handshake of `conn` (either side) to completion over `inner`.
+    pub(super) async fn handshake(inner: T, conn: Connection) -> io::Result<Self> {
+        let mut stream = RecordPump {
             inner,
             conn,
             io_buf: Vec::with_capacity(READ_CHUNK),
@@ -94,12 +124,13 @@ impl<T: Transport> TlsStream<T> {
     }
 
     /// Protocol version and cipher suite, for logs and trace headers.
-    pub fn describe(&self) -> String {
-        let version = self
-            .conn
-            .protocol_version()
-            .and_then(|v| v.as_str())
-            .unwrap_or("TLS");
+    pub(super) fn describe(&self) -> String {
+        // The spelling OpenSSL and Received headers use, not rustls' `TLSv1_3`.
+        let version = match self.conn.protocol_version() {
+            Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "TLS",
+        };
         let suite = self
             .conn
             .negotiated_cipher_suite()
@@ -143,7 +174,7 @@ impl<T: Transport> TlsStream<T> {
     }
 }
 
-impl<T: Transport> Transport for TlsStream<T> {
+impl<T: Transport> Transport for RecordPump<T> {
     async fn read(&mut self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         buf.clear();
         let want = buf.capacity().max(READ_CHUNK);
