@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::listener::ListenerKind;
 use super::tls::TlsStream;
 use super::transport::{Transport, READ_CHUNK};
+use crate::smtp::reply::REPLY_CLASSES;
 use crate::smtp::{IncomingMessage, ServerSession, SessionConfig, SessionEvent};
 use crate::spool::{QueueId, SpoolError, SpoolWriter};
 
@@ -73,7 +74,7 @@ pub fn register_metrics(kinds: &[ListenerKind]) {
         metrics::gauge!("tern_connections_active", "listener" => label).increment(0.0);
         metrics::counter!("tern_accept_errors_total", "listener" => label).increment(0);
     }
-    for class in ["2xx", "3xx", "4xx", "5xx"] {
+    for class in REPLY_CLASSES {
         metrics::counter!("tern_smtp_replies_total", "class" => class).increment(0);
     }
     for result in ["ok", "error", "timeout"] {

@@ -37,6 +37,21 @@ pub struct Reply {
     more: Vec<Cow<'static, str>>,
 }
 
+/// The `class` label values of the reply metrics, in order.
+pub const REPLY_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// The metric label for a reply code's class (RFC 5321 4.2.1): anything
+/// outside 2xx-4xx counts as 5xx. Shared by the server and the client so
+/// both count replies the same way.
+pub fn class_label(code: u16) -> &'static str {
+    match code / 100 {
+        2 => REPLY_CLASSES[0],
+        3 => REPLY_CLASSES[1],
+        4 => REPLY_CLASSES[2],
+        _ => REPLY_CLASSES[3],
+    }
+}
+
 impl Reply {
     /// A single-line reply with an enhanced status code.
     pub fn new(code: u16, status: EnhancedStatus, text: impl Into<Cow<'static, str>>) -> Self {

@@ -18,7 +18,7 @@ use memchr::memchr;
 use super::command::{parse_command, Command, CommandError, MailFrom, RcptTo, COMMAND_LINE_MAX};
 use super::data::{ContentError, DataDecoder, Framing};
 use super::relay_access::RelayAccess;
-use super::reply::{EnhancedStatus, Reply};
+use super::reply::{class_label, EnhancedStatus, Reply};
 use crate::envelope::{ClientInfo, Envelope, Recipient};
 use crate::spool::SpoolError;
 
@@ -308,13 +308,8 @@ impl ServerSession {
     }
 
     fn send(&mut self, reply: &Reply) {
-        let class = match reply.code() / 100 {
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        };
-        metrics::counter!("tern_smtp_replies_total", "class" => class).increment(1);
+        metrics::counter!("tern_smtp_replies_total", "class" => class_label(reply.code()))
+            .increment(1);
         reply.write_to(&mut self.output);
     }
 

@@ -19,6 +19,7 @@ use super::transaction::{
     ActiveTransaction, Expect, Fatal, OutboundTransaction, RecipientOutcome, Step,
     TransactionResult,
 };
+use crate::smtp::reply::class_label;
 
 /// Initial 220 message (RFC 5321 4.5.3.2.1).
 pub const GREETING_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5 * 60);
@@ -322,13 +323,8 @@ impl ClientSession {
     }
 
     fn on_reply(&mut self, reply: ReceivedReply) {
-        let class = match reply.class() {
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        };
-        metrics::counter!("tern_smtp_client_replies_total", "class" => class).increment(1);
+        metrics::counter!("tern_smtp_client_replies_total", "class" => class_label(reply.code))
+            .increment(1);
         if reply.code == 421 && !matches!(self.phase, Phase::Greeting | Phase::Quitting(_)) {
             self.abort(CloseReason::ServiceClosing(reply.clone()), &reply);
             return;
