@@ -5,15 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{data_frame, queue_id_of, RawClient};
+use common::{data_frame, queue_id_of, spawn_tern, RawClient};
 
 const CLIENTS: usize = 24;
 /// Stop sending after this many acknowledgements even if the kill is late.
@@ -30,54 +29,6 @@ fn write_config(dir: &Path, io: &str) -> std::path::PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// Kills the server when the test ends, even by a failed assertion, so no
-/// test leaves a tern running.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start tern and wait for its "tern accepting" log line; return the SMTP address.
-fn spawn_tern(config: &Path) -> (ServerProcess, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("-c")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tern starts");
-    let stderr = child.stderr.take().unwrap();
-    let child = ServerProcess(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && line.contains("tern accepting") {
-                let start = line.find("smtp=[").expect("smtp addresses logged") + 6;
-                let end = start + line[start..].find(']').unwrap();
-                let addr: SocketAddr = line[start..end]
-                    .split(',')
-                    .next()
-                    .unwrap()
-                    .trim()
-                    .parse()
-                    .unwrap();
-                let _ = tx.send(addr);
-                sent = true;
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("tern reported its listening address");
-    (child, addr)
 }
 
 fn body(client: usize, seq: usize) -> Vec<u8> {

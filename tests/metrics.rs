@@ -5,12 +5,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{data_frame, RawClient};
+use common::{data_frame, spawn_tern, RawClient};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -75,28 +74,7 @@ fn metrics_move_and_dashboard_names_exist() {
         ),
     )
     .unwrap();
-    let mut process = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .arg("-c")
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = process.stderr.take().unwrap();
-    let _server = ServerProcess(process);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(start) = line.find("smtp=[") {
-                let tail = &line[start + 6..];
-                let addr: SocketAddr = tail[..tail.find(']').unwrap()].parse().unwrap();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let smtp = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("tern started");
+    let (_server, smtp) = spawn_tern(&config);
 
     let before = scrape(metrics_addr);
     assert_eq!(value(&before, "tern_messages_accepted_total"), 0.0);
@@ -127,15 +105,5 @@ fn metrics_move_and_dashboard_names_exist() {
             exported.contains(name.as_str()),
             "dashboards/tern.json queries {name}, which tern does not export; exported: {exported:?}"
         );
-    }
-}
-
-/// Kills the server when the test ends, pass or fail.
-struct ServerProcess(std::process::Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tern::config::{Config, IoMode};
@@ -27,6 +28,53 @@ pub fn test_config(dir: &Path) -> Config {
     c.spool.segment_size = 1024 * 1024;
     c.metrics.listen = None;
     c
+}
+
+/// The real `tern` binary, killed when the test ends, even by a failed
+/// assertion, so no test leaves a server running.
+pub struct ServerProcess(pub Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `tern -c config` and wait for its "tern accepting" log line;
+/// return the process and its first SMTP address.
+pub fn spawn_tern(config: &Path) -> (ServerProcess, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("-c")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tern starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let child = ServerProcess(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && line.contains("tern accepting") {
+                let start = line.find("smtp=[").expect("smtp addresses logged") + 6;
+                let end = start + line[start..].find(']').expect("address list closed");
+                let addr: SocketAddr = line[start..end]
+                    .split(',')
+                    .next()
+                    .and_then(|a| a.trim().parse().ok())
+                    .expect("an SMTP address");
+                let _ = tx.send(addr);
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("tern reported its listening address");
+    (child, addr)
 }
 
 /// A CA and a `localhost` leaf certificate signed by it, written as PEM

@@ -9,9 +9,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$(pwd)
 
-if ! command -v swaks >/dev/null 2>&1; then
+# swaks for the client, openssl for the test CA, ss (iproute2) for the port check.
+missing=()
+command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swaks >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 [ -x target/release/tern ] || cargo build --release
 TERN="$REPO/target/release/tern"
