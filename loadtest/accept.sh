@@ -2,7 +2,8 @@
 # loadtest/accept.sh -- durable-accept load test: tern vs a private Postfix.
 #
 # Purpose: drive Postfix's smtp-source at (a) smtp-sink (no MTA: the ceiling
-# of client + loopback), (b) tern with relaying held, (c) a private Postfix
+# of client + loopback), (b) tern with `[relay] hold = true` (accepted mail
+# stays queued, nothing is relayed), (c) a private Postfix
 # instance holding every message, for 1 KiB and 32 KiB messages at 10 and 100
 # sessions, and print one line per case: msg/s of each, tern/Postfix ratio,
 # tern as % of the sink ceiling, tern spool syncs/s and messages per sync,
@@ -44,12 +45,15 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
+LT_NAME=accept
 # shellcheck source=lib/common.sh
 . "$HERE/lib/common.sh"
 # shellcheck source=lib/install.sh
 . "$HERE/lib/install.sh"
 # shellcheck source=lib/postfix.sh
 . "$HERE/lib/postfix.sh"
+# shellcheck source=lib/procs.sh
+. "$HERE/lib/procs.sh"
 
 # ---------------------------------------------------------------- settings
 QUICK=${QUICK:-0}
@@ -86,48 +90,9 @@ for io in $TERN_IO; do
     case $io in auto | uring | epoll) ;; *) lt_die "TERN_IO: '$io' is not auto, uring or epoll" ;; esac
 done
 
-count_for() {   # messages for a body size
-    local size=$1 var="COUNT_$1"
-    case $size in
-        1024) echo "$COUNT_1K" ;;
-        32768) echo "$COUNT_32K" ;;
-        *) echo "${!var:-$COUNT_1K}" ;;
-    esac
-}
-size_name() { if (($1 % 1024 == 0)); then echo "$(($1 / 1024))KiB"; else echo "${1}B"; fi; }
-
-# ---------------------------------------------------------------- one at a time
-exec 9>/tmp/tern-loadtest-accept.lock
-flock -n 9 || lt_die "another loadtest/accept.sh is running (lock /tmp/tern-loadtest-accept.lock)"
-
-# ---------------------------------------------------------------- cleanup trap
+lt_lock
 WORK=""
-SINK_PID=""
-TERN_PID=""
-SAMPLER_PID=""
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    [ -n "${SOURCE_PID:-}" ] && lt_stop_pid "$SOURCE_PID" 5
-    [ -n "$SAMPLER_PID" ] && { touch "$WORK/pf-rss.stop" 2>/dev/null; kill "$SAMPLER_PID" 2>/dev/null; }
-    lt_stop_pid "$SINK_PID" 5
-    lt_stop_pid "$TERN_PID" 30
-    pf_stop
-    lt_remove_policy_rc_d
-    lt_remove_main_cf
-    if [ -n "$WORK" ] && [ -d "$WORK" ]; then
-        # kept for a look when asked or after an error (not after ^C / TERM)
-        if [ "$KEEP_WORKDIR" = 1 ] || [ $rc = 1 ]; then
-            lt_log "work dir kept: $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+lt_trap_cleanup
 
 # ---------------------------------------------------------------- preflight
 PORTS=()
@@ -140,28 +105,15 @@ PORTS=()
 lt_install_deps
 if [ "${INSTALL_ONLY:-0}" = 1 ]; then lt_log "INSTALL_ONLY=1: dependencies present, done"; exit 0; fi
 
-if [ "$SKIP_TERN" != 1 ]; then
-    if [ -z "${TERN_BIN:-}" ]; then
-        TERN_BIN=$REPO/target/release/tern
-        if [ ! -x "$TERN_BIN" ]; then
-            lt_log "building tern (cargo build --release in $REPO)"
-            (cd "$REPO" && timeout 3600 cargo build --release) >&2 ||
-                lt_die "cargo build --release failed (set TERN_BIN or SKIP_TERN=1)"
-        fi
-    fi
-    [ -x "$TERN_BIN" ] || lt_die "TERN_BIN=$TERN_BIN is not an executable"
-fi
+[ "$SKIP_TERN" = 1 ] || lt_tern_bin "$REPO"
 
-mkdir -p "$HERE/out"
-OUT=$HERE/out/accept-$(date +%Y%m%d-%H%M%S).txt
-: >"$OUT"
-say() { printf '%s\n' "$*" | tee -a "$OUT"; }
+lt_out_open "$HERE/out"
 
 WORK=$(mktemp -d "${LOADTEST_WORKDIR:-/tmp}/tern-accept.XXXXXX") || lt_die "mktemp failed"
 chmod 755 "$WORK"
 
 if [ "$SKIP_POSTFIX" != 1 ]; then
-    pf_setup "$WORK/postfix" "$PF_PORT"
+    pf_setup "$WORK/postfix" "$PF_PORT" hold
 fi
 
 # ---------------------------------------------------------------- preamble
@@ -170,87 +122,37 @@ cmdline="QUICK=$QUICK COUNT_1K=$COUNT_1K COUNT_32K=$COUNT_32K SIZES=\"$SIZES\" S
 [ "$SKIP_POSTFIX" = 1 ] && cmdline+=" SKIP_POSTFIX=1"
 [ "$SKIP_SINK" = 1 ] && cmdline+=" SKIP_SINK=1"
 [ -n "$SOURCE_EXTRA" ] && cmdline+=" SOURCE_EXTRA=\"$SOURCE_EXTRA\""
-say "# tern accept load test, $(date -Is)"
-say "# command: $cmdline loadtest/accept.sh"
-say "# host: $(nproc) cores, $(uname -sr), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2/1048576 }' /proc/meminfo), work dir fs: $(df -T "$WORK" | awk 'NR==2 { print $2 " on " $1 }')"
-say "# load avg at start: $(cut -d' ' -f1-3 /proc/loadavg)  (other work on the machine makes every figure noisy; compare within one run)"
-say "# postfix: $(postconf -d mail_version 2>/dev/null | awk '{ print $3 }'), smtp-source -r 1 -f $SENDER -t $RCPT ${SOURCE_EXTRA:-(one connection per message)}"
-if [ "$SKIP_TERN" != 1 ]; then
-    rev=$(git -C "$(dirname "$TERN_BIN")" rev-parse --short HEAD 2>/dev/null || echo '?')
-    say "# tern: $TERN_BIN (git $rev), io=$TERN_IO workers=$TERN_WORKERS"
-fi
-say "# columns: msg/s = messages / wall time of smtp-source; tern/pf = tern msg/s / postfix msg/s;"
-say "#   tern%sink = tern msg/s / sink msg/s; syncs/s = tern_spool_syncs_total delta / time;"
-say "#   msg/sync = mean tern_spool_commit_batch_size; tern RSS = VmHWM of the tern process;"
-say "#   pf RSS = peak sum of VmRSS over Postfix master + children (sampled 2/s), pf PSS = their Pss at the end"
-say ""
+lt_preamble "$WORK" "$cmdline"
+lt_say "# smtp-source -r 1 -f $SENDER -t $RCPT ${SOURCE_EXTRA:-(one connection per message)}"
+[ "$SKIP_TERN" = 1 ] || lt_say "# tern: $(lt_tern_describe), io=$TERN_IO workers=$TERN_WORKERS, [relay] hold = true"
+lt_say "# columns: msg/s = messages / wall time of smtp-source; tern/pf = tern msg/s / postfix msg/s;"
+lt_say "#   tern%sink = tern msg/s / sink msg/s; syncs/s = tern_spool_syncs_total delta / time;"
+lt_say "#   msg/sync = mean tern_spool_commit_batch_size; tern RSS = VmHWM of the tern process;"
+lt_say "#   pf RSS = peak sum of VmRSS over Postfix master + children (sampled 2/s), pf PSS = their Pss at the end"
+lt_say ""
 HDR=$(printf '%-17s %8s %8s %8s %7s %7s %8s %8s %8s %8s %8s  %s' \
     case "sink/s" "tern/s" "pf/s" "tern/pf" "%sink" "syncs/s" "msg/sync" "ternMiB" "pfRSSMiB" "pfPSSMiB" check)
-say "$HDR"
+lt_say "$HDR"
 
 # ---------------------------------------------------------------- load runs
-# run_source PORT SIZE COUNT SESSIONS LOGFILE -> sets SRC_NS (elapsed ns) and
-# SRC_RC (smtp-source's exit code, 124 = timed out). Runs smtp-source in the
-# background and waits, so a TERM/INT reaches our trap at once.
-SOURCE_PID=""
-SRC_NS=0
-SRC_RC=0
-run_source() {
-    local port=$1 size=$2 count=$3 sess=$4 log=$5 t0 t1
-    t0=$(lt_now_ns)
-    # shellcheck disable=SC2086
-    timeout "$RUN_TIMEOUT" smtp-source -s "$sess" -m "$count" -l "$size" -r 1 \
-        -f "$SENDER" -t "$RCPT" $SOURCE_EXTRA "127.0.0.1:$port" >"$log" 2>&1 &
-    SOURCE_PID=$!
-    wait "$SOURCE_PID"
-    SRC_RC=$?
-    t1=$(lt_now_ns)
-    SOURCE_PID=""
-    SRC_NS=$((t1 - t0))
-}
-src_status() {  # rc logfile -> "" when fine, else a short note
-    local rc=$1 log=$2 n
-    if [ "$rc" = 124 ]; then echo "timeout ${RUN_TIMEOUT}s"; return; fi
-    [ "$rc" = 0 ] || { echo "smtp-source rc=$rc: $(tail -1 "$log" | cut -c1-80)"; return; }
-    n=$(grep -c . "$log")
-    [ "$n" = 0 ] || echo "$n smtp-source msgs: $(head -1 "$log" | cut -c1-60)"
-}
-
 # run_tern NAME SIZE COUNT SESSIONS IO CASEDIR -> sets TR_RATE TR_SYNCS TR_PERSYNC
 # TR_MIB and TR_NOTES (array). A fresh tern with a fresh spool every time.
 run_tern() {
-    local name=$1 size=$2 count=$3 sess=$4 io=$5 cdir=$6/tern-$5 ns rc st
+    local name=$1 size=$2 count=$3 sess=$4 io=$5 cdir=$6/tern-$5 ns rc st died
     TR_RATE=NA TR_SYNCS=NA TR_PERSYNC=NA TR_MIB=NA TR_NOTES=()
-    lt_require_free_ports "$TERN_PORT" "$TERN_METRICS_PORT"
     lt_log "$name: tern (io=$io), $count messages"
-    mkdir -p "$cdir/spool"
-    cat >"$cdir/tern.toml" <<TOML
-# written by loadtest/accept.sh for one case; fresh spool
-[server]
-workers = $TERN_WORKERS
-io = "$io"
-[smtp]
-listen = ["127.0.0.1:$TERN_PORT"]
-submission = []
-max_message_size = 10485760
-[spool]
-dir = "$cdir/spool"
-[metrics]
-listen = "127.0.0.1:$TERN_METRICS_PORT"
-TOML
-    (cd "$cdir" && exec "$TERN_BIN" -c "$cdir/tern.toml") 2>"$cdir/stderr.log" &
-    TERN_PID=$!
-    if ! lt_wait_listen "$TERN_PORT" 30 "$TERN_PID" || ! lt_wait_listen "$TERN_METRICS_PORT" 10 "$TERN_PID"; then
-        tail -20 "$cdir/stderr.log" >&2
-        lt_die "tern (io=$io) did not listen on 127.0.0.1:$TERN_PORT and :$TERN_METRICS_PORT"
-    fi
+    # hold = true: tern relays what it accepts; here everything stays queued
+    # (the issue: "the accept load test uses it"), like Postfix's HOLD.
+    lt_tern_start "$cdir" "$TERN_PORT" "$TERN_METRICS_PORT" "$io" "$TERN_WORKERS" \
+        $'[relay]\nhold = true'
     lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$cdir/metrics-before.txt"
-    run_source "$TERN_PORT" "$size" "$count" "$sess" "$cdir/source.log"; ns=$SRC_NS rc=$SRC_RC
-    st=$(src_status $rc "$cdir/source.log")
+    lt_run_source "$TERN_PORT" "$size" "$count" "$sess" "$cdir/source.log"; ns=$SRC_NS rc=$SRC_RC
+    st=$(lt_source_status $rc "$cdir/source.log")
     lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$cdir/metrics-after.txt"
     TR_MIB=$(lt_mib "$(lt_hwm_kib "$TERN_PID")")
-    kill -0 "$TERN_PID" 2>/dev/null || TR_NOTES+=("tern died: $(tail -1 "$cdir/stderr.log" | cut -c1-80)")
-    lt_stop_pid "$TERN_PID" 30; TERN_PID=""
+    died=$(lt_tern_died "$cdir")
+    [ -n "$died" ] && TR_NOTES+=("$died")
+    lt_tern_stop
     [ -n "$st" ] && TR_NOTES+=("tern: $st")
     [ "$rc" = 0 ] && TR_RATE=$(lt_rate "$count" "$ns")
     local b=$cdir/metrics-before.txt a=$cdir/metrics-after.txt syn acc bs bc
@@ -283,25 +185,21 @@ TOML
 run_case() {
     local size=$1 sess=$2 count name sink_r=NA pf_r=NA
     local pf_mib=NA pf_pss=NA notes=() ns rc st
-    count=$(count_for "$size")
-    name="$(size_name "$size") s=$sess"
+    count=$(lt_count_for "$size")
+    name="$(lt_size_name "$size") s=$sess"
     local cdir=$WORK/case-$size-$sess
     mkdir -p "$cdir"
     chmod 755 "$cdir"
 
     # (a) ceiling: smtp-source -> smtp-sink
     if [ "$SKIP_SINK" != 1 ]; then
-        lt_require_free_ports "$SINK_PORT"
         lt_log "$name: sink, $count messages"
-        smtp-sink -u postfix "127.0.0.1:$SINK_PORT" 1024 >"$cdir/sink.log" 2>&1 &
-        SINK_PID=$!
-        lt_wait_listen "$SINK_PORT" 10 "$SINK_PID" || lt_die "smtp-sink did not start: $(cat "$cdir/sink.log")"
-        run_source "$SINK_PORT" "$size" "$count" "$sess" "$cdir/source-sink.log"; ns=$SRC_NS rc=$SRC_RC
-        st=$(src_status $rc "$cdir/source-sink.log")
+        lt_sink_start "$SINK_PORT" "$cdir/sink.log"
+        lt_run_source "$SINK_PORT" "$size" "$count" "$sess" "$cdir/source-sink.log"; ns=$SRC_NS rc=$SRC_RC
+        st=$(lt_source_status $rc "$cdir/source-sink.log")
         [ $rc = 0 ] && sink_r=$(lt_rate "$count" "$ns")
         [ -n "$st" ] && notes+=("sink: $st")
-        lt_stop_pid "$SINK_PID" 5; SINK_PID=""
-        lt_wait_free "$SINK_PORT" 10
+        lt_sink_stop "$SINK_PORT"
     fi
 
     # (b) tern, once per io mode in TERN_IO, fresh spool each time
@@ -324,10 +222,9 @@ run_case() {
         local master held
         master=$(pf_master_pid)
         lt_rss_sampler_start "$master" "$WORK/pf-rss"
-        SAMPLER_PID=$LT_SAMPLER_PID
-        run_source "$PF_PORT" "$size" "$count" "$sess" "$cdir/source-postfix.log"; ns=$SRC_NS rc=$SRC_RC
-        st=$(src_status $rc "$cdir/source-postfix.log")
-        lt_rss_sampler_stop "$SAMPLER_PID" "$WORK/pf-rss" >"$WORK/pf-rss.peak"; SAMPLER_PID=""
+        lt_run_source "$PF_PORT" "$size" "$count" "$sess" "$cdir/source-postfix.log"; ns=$SRC_NS rc=$SRC_RC
+        st=$(lt_source_status $rc "$cdir/source-postfix.log")
+        lt_rss_sampler_stop "$WORK/pf-rss" >"$WORK/pf-rss.peak"
         # the sampler may miss a very short run: also take one sample now
         pf_mib=$(lt_mib "$(awk -v a="$(cat "$WORK/pf-rss.peak")" -v b="$(lt_family_rss_kib "$master")" \
             'BEGIN { print (b + 0 > a + 0) ? b : a }')")
@@ -354,7 +251,7 @@ run_case() {
         [ "$check" = ok ] || CHECK_FAILED=1
         label=$name
         [ "$SKIP_TERN" != 1 ] && [ ${#modes[@]} -gt 1 ] && label="$name ${modes[k]}"
-        say "$(printf '%-17s %8s %8s %8s %7s %7s %8s %8s %8s %8s %8s  %s' "$label" \
+        lt_say "$(printf '%-17s %8s %8s %8s %7s %7s %8s %8s %8s %8s %8s  %s' "$label" \
             "$sink_r" "$tr" "$pf_r" "$(lt_div "$tr" "$pf_r" %.2f)" \
             "$(lt_div "$(lt_div "$tr" 0.01 %.4f)" "$sink_r" %.0f%%)" \
             "${t_syncs[k]:-NA}" "${t_persync[k]:-NA}" "${t_mib[k]:-NA}" "$pf_mib" "$pf_pss" "$check")"
@@ -367,9 +264,9 @@ for size in $SIZES; do
         run_case "$size" "$sess"
     done
 done
-say ""
-say "# load avg at end: $(cut -d' ' -f1-3 /proc/loadavg); results: ${OUT#"$REPO"/}"
+lt_say ""
+lt_say "# load avg at end: $(cut -d' ' -f1-3 /proc/loadavg); results: ${LT_OUT#"$REPO"/}"
 if [ "$CHECK_FAILED" = 1 ]; then
-    say "# FAILED: at least one case's check is not ok (see the check column)"
+    lt_say "# FAILED: at least one case's check is not ok (see the check column)"
     exit 1
 fi

@@ -1,14 +1,57 @@
 # shellcheck shell=bash
-# loadtest/lib/common.sh -- sourced by loadtest/accept.sh.
+# loadtest/lib/common.sh -- sourced by loadtest/accept.sh and relay.sh.
 #
-# Purpose: small helpers for the accept load test: logging, loopback port
-# checks, timing, Prometheus scraping and memory (RSS) measurement.
+# Purpose: small helpers for the load tests: logging, the results file and
+# its preamble, case names and counts, loopback port checks, timing,
+# Prometheus scraping and memory (RSS) measurement.
 #
 # Must never: kill or signal a process it was not handed the PID of; bind or
 # probe anything but 127.0.0.1; read or print credentials.
 
-lt_log() { printf '[accept %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-lt_die() { printf '[accept] ERROR: %s\n' "$*" >&2; exit 1; }
+# LT_NAME: the calling script's short name, used in log lines and file names.
+LT_NAME=${LT_NAME:-loadtest}
+lt_log() { printf '[%s %s] %s\n' "$LT_NAME" "$(date +%H:%M:%S)" "$*" >&2; }
+lt_die() { printf '[%s] ERROR: %s\n' "$LT_NAME" "$*" >&2; exit 1; }
+
+# Only one copy of a script at a time (fd 9 stays open, and locked, until exit).
+lt_lock() {
+    local lock=/tmp/tern-loadtest-$LT_NAME.lock
+    exec 9>"$lock"
+    flock -n 9 || lt_die "another loadtest/$LT_NAME.sh is running (lock $lock)"
+}
+
+# Results file: lt_out_open DIR creates DIR/<LT_NAME>-<date>-<time>.txt and
+# sets LT_OUT; lt_say prints a line to stdout and appends it there.
+LT_OUT=""
+lt_out_open() {
+    mkdir -p "$1"
+    LT_OUT=$1/$LT_NAME-$(date +%Y%m%d-%H%M%S).txt
+    : >"$LT_OUT"
+}
+lt_say() { printf '%s\n' "$*" | tee -a "$LT_OUT"; }
+
+# Preamble lines shared by every results file: lt_preamble WORKDIR COMMAND
+# (machine, load, versions; the caller adds its own settings and columns).
+lt_preamble() {
+    local work=$1 cmd=$2
+    lt_say "# tern $LT_NAME load test, $(date -Is)"
+    lt_say "# command: $cmd loadtest/$LT_NAME.sh"
+    lt_say "# host: $(nproc) cores, $(uname -sr), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2/1048576 }' /proc/meminfo), work dir fs: $(df -T "$work" | awk 'NR==2 { print $2 " on " $1 }')"
+    lt_say "# load avg at start: $(cut -d' ' -f1-3 /proc/loadavg)  (other work on the machine makes every figure noisy; compare within one run)"
+    lt_say "# postfix: $(postconf -d mail_version 2>/dev/null | awk '{ print $3 }')"
+}
+
+# Message count for a body size: COUNT_1K / COUNT_32K (set by the caller),
+# COUNT_<bytes> for other sizes, else COUNT_1K.
+lt_count_for() {
+    local size=$1 var="COUNT_$1"
+    case $size in
+        1024) echo "$COUNT_1K" ;;
+        32768) echo "$COUNT_32K" ;;
+        *) echo "${!var:-$COUNT_1K}" ;;
+    esac
+}
+lt_size_name() { if (($1 % 1024 == 0)); then echo "$(($1 / 1024))KiB"; else echo "${1}B"; fi; }
 
 # Refuse to use a port that something already listens on. SO_REUSEPORT
 # servers (tern itself, for one) would otherwise silently share it and the
@@ -18,9 +61,9 @@ lt_require_free_ports() {
     local p busy=()
     for p in "$@"; do lt_port_busy "$p" && busy+=("$p"); done
     if [ ${#busy[@]} -gt 0 ]; then
-        printf '[accept] ERROR: port(s) %s already in use (ss -ltn):\n' "${busy[*]}" >&2
+        printf '[%s] ERROR: port(s) %s already in use (ss -ltn):\n' "$LT_NAME" "${busy[*]}" >&2
         for p in "${busy[@]}"; do ss -ltnp "sport = :$p" >&2; done
-        printf '[accept] pick other ports with LOADTEST_PORT_BASE=N (uses N..N+3)\n' >&2
+        printf '[%s] pick other ports with LOADTEST_PORT_BASE=N (see the script header)\n' "$LT_NAME" >&2
         exit 2
     fi
 }
@@ -103,10 +146,11 @@ lt_family_pss_kib() {
 }
 
 # Background sampler: records the peak of lt_family_rss_kib ROOT into FILE
-# every 0.5 s until FILE.stop exists. Sets LT_SAMPLER_PID (call it directly,
-# not inside $(...), so the sampler is our own child and can be waited for).
-# shellcheck disable=SC2034  # read by accept.sh
+# every 0.5 s until FILE.stop exists. Sets LT_SAMPLER_PID and LT_SAMPLER_STOP
+# (call it directly, not inside $(...), so the sampler is our own child and
+# can be waited for; the exit trap in procs.sh stops it if still running).
 LT_SAMPLER_PID=""
+LT_SAMPLER_STOP=""
 lt_rss_sampler_start() {
     local root=$1 file=$2
     rm -f "$file.stop"
@@ -119,13 +163,16 @@ lt_rss_sampler_start() {
             sleep 0.5
         done
     ) >/dev/null 2>&1 &
-    # shellcheck disable=SC2034  # read by accept.sh
     LT_SAMPLER_PID=$!
+    LT_SAMPLER_STOP=$file.stop
 }
+# lt_rss_sampler_stop FILE -> prints the peak (KiB).
 lt_rss_sampler_stop() {
-    local pid=$1 file=$2
+    local file=$1
     touch "$file.stop"
-    wait "$pid" 2>/dev/null
+    wait "$LT_SAMPLER_PID" 2>/dev/null
+    LT_SAMPLER_PID=""
+    LT_SAMPLER_STOP=""
     cat "$file"
 }
 

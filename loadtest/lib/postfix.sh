@@ -1,14 +1,18 @@
 # shellcheck shell=bash
-# loadtest/lib/postfix.sh -- sourced by loadtest/accept.sh.
+# loadtest/lib/postfix.sh -- sourced by loadtest/accept.sh and relay.sh.
 #
 # Purpose: build, start, stop and empty a private Postfix instance for the
-# accept load test: its own config_directory and queue_directory under the
-# run's temp dir, smtpd on 127.0.0.1:$PF_PORT only, every accepted message
-# kept in the hold queue (the counterpart of tern's "relaying held").
+# load tests: its own config_directory and queue_directory under the run's
+# temp dir, smtpd on 127.0.0.1:$PF_PORT only, in one of two modes:
+#   hold  -- every accepted message is kept in the hold queue (accept.sh:
+#            the counterpart of tern's `[relay] hold = true`);
+#   relay -- every accepted message is relayed to 127.0.0.1:SINKPORT (relay.sh:
+#            the counterpart of tern's `[relay] smarthost`), tuned for speed.
 #
 # Must never: touch the system instance (/etc/postfix, /var/spool/postfix),
-# listen on anything but 127.0.0.1, deliver or relay a message anywhere, or
-# leave its master process running (accept.sh's exit trap calls pf_stop).
+# listen on anything but 127.0.0.1, deliver or relay a message anywhere but
+# the given loopback sink port, or leave its master process running (the
+# exit trap in procs.sh calls pf_stop).
 
 PF_DIR=""      # instance root (set by pf_setup)
 PF_CONF=""     # config_directory
@@ -17,10 +21,16 @@ PF_STARTED=0
 
 pf_postconf() { postconf -c "$PF_CONF" "$@"; }
 
-# pf_setup ROOTDIR PORT
+# pf_setup ROOTDIR PORT hold
+# pf_setup ROOTDIR PORT relay SINKPORT [CONCURRENCY]
 pf_setup() {
     PF_DIR=$1
-    local port=$2 dist
+    local port=$2 mode=$3 sink=${4:-} conc=${5:-20} dist
+    case $mode in
+        hold) ;;
+        relay) [[ $sink =~ ^[0-9]+$ ]] || lt_die "pf_setup relay: no sink port" ;;
+        *) lt_die "pf_setup: mode '$mode' is not hold or relay" ;;
+    esac
     PF_CONF=$PF_DIR/etc
     PF_QUEUE=$PF_DIR/queue
     mkdir -p "$PF_CONF" "$PF_QUEUE" "$PF_DIR/data"
@@ -54,19 +64,9 @@ pf_setup() {
         "maillog_file_prefixes = $PF_DIR"       # ... which must be under an allowed prefix
         "message_size_limit = 10485760"         # same limit as tern's max_message_size
         "queue_minfree = 0"
-        # --- keep accepted mail queued: HOLD -----------------------------------
-        # Chosen over defer_transports: with HOLD the cleanup daemon writes the
-        # (fsynced) queue file straight into the hold queue and the queue
-        # manager never touches it, so Postfix does exactly what tern does
-        # here: durable accept, no delivery attempt. defer_transports would
-        # add queue-manager scans and deferred-queue moves on top of accept.
-        "smtpd_end_of_data_restrictions = check_client_access static:HOLD"
         "smtpd_relay_restrictions = permit_mynetworks, reject"
         "smtpd_recipient_restrictions ="
         # --- tuning, as a performance-minded admin would ------------------------
-        # Enough smtpd (and cleanup) processes to serve 100 sessions at once
-        # (the Debian default of 100 would make the 101st client wait).
-        "default_process_limit = 200"
         # No per-client connection/rate limits: all load comes from one client
         # (127.0.0.1) by design. The anvil exceptions cover the same ground.
         "smtpd_client_connection_count_limit = 0"
@@ -93,6 +93,54 @@ pf_setup() {
         "smtpd_sasl_auth_enable = no"
         "biff = no"
     )
+    if [ "$mode" = hold ]; then
+        settings+=(
+            # --- keep accepted mail queued: HOLD -------------------------------
+            # Chosen over defer_transports: with HOLD the cleanup daemon writes
+            # the (fsynced) queue file straight into the hold queue and the
+            # queue manager never touches it, so Postfix does exactly what tern
+            # does here: durable accept, no delivery attempt. defer_transports
+            # would add queue-manager scans and deferred-queue moves on top.
+            "smtpd_end_of_data_restrictions = check_client_access static:HOLD"
+            # Enough smtpd (and cleanup) processes to serve 100 sessions at
+            # once (the default of 100 would make the 101st client wait).
+            "default_process_limit = 200"
+        )
+    else
+        settings+=(
+            # --- relay everything to the sink, as fast as it goes --------------
+            # One smarthost for all mail; brackets = use the address as is, no
+            # MX (or any DNS) lookup.
+            "relayhost = [127.0.0.1]:$sink"
+            # 100 smtpd + 100 cleanup + CONCURRENCY smtp clients + qmgr & co.
+            # must all fit (the default of 100 would throttle the first two).
+            "default_process_limit = 300"
+            # Parallel deliveries to the one destination (default 20), and
+            # start there at once instead of the slow start from 5 that
+            # Postfix uses for a destination it does not know yet.
+            "default_destination_concurrency_limit = $conc"
+            "initial_destination_concurrency = $conc"
+            # Keep SMTP connections to the smarthost open and reuse them for
+            # the next message: always for this destination (not only "on
+            # demand" when a backlog builds), idle ones closed after 5 s like
+            # tern's connection_idle_timeout, no cap on messages per
+            # connection (Postfix's default; tern's is 1000).
+            "smtp_connection_cache_on_demand = yes"
+            "smtp_connection_cache_destinations = [127.0.0.1]:$sink"
+            "smtp_connection_cache_time_limit = 5s"
+            "smtp_connection_reuse_count_limit = 0"
+            # Let the queue manager take every message of a run into the
+            # active queue at once (defaults 20000 would cap the full run).
+            "qmgr_message_active_limit = 100000"
+            "qmgr_message_recipient_limit = 100000"
+            # No pause between deliveries to one destination (the default,
+            # stated so nobody has to look it up).
+            "smtp_destination_rate_delay = 0s"
+            # Plaintext to the sink (smtp-sink offers no STARTTLS; tern's
+            # opportunistic TLS ends up plaintext there too).
+            "smtp_tls_security_level = none"
+        )
+    fi
     # Drop settings this Postfix version does not know (e.g. smtpd_peername_lookup
     # before 3.?): postconf -d prints the defaults of every known parameter.
     local known s name
@@ -150,6 +198,18 @@ pf_stop() {
     PF_STARTED=0
 }
 
+# Deliveries Postfix logged as sent so far (maillog is kept across cases:
+# callers take a before/after difference; postlogd may lag a few ms).
+pf_sent_total() { grep -c ' status=sent ' "$PF_DIR/maillog" 2>/dev/null || true; }
+# pf_wait_empty SECS: 0 once no message is left in the queue.
+pf_wait_empty() {
+    local i
+    for ((i = 0; i < $1 * 10; i++)); do
+        [ "$(pf_queued)" = 0 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
 # Messages currently in the hold queue (files, the queue is not hashed by default).
 pf_held() { find "$PF_QUEUE/hold" -type f 2>/dev/null | wc -l; }
 # Messages anywhere in the queue.
