@@ -158,15 +158,11 @@ run_tern() {
     local b=$cdir/metrics-before.txt a=$cdir/metrics-after.txt syn acc bs bc
     if [ -s "$a" ]; then
         # counters: after - before, summed over all label sets (cores)
-        syn=$(lt_metric "$a" tern_spool_syncs_total)
-        [ "$syn" != NA ] && syn=$((syn - $(lt_metric "$b" tern_spool_syncs_total | sed 's/NA/0/')))
-        acc=$(lt_metric "$a" tern_messages_accepted_total)
-        [ "$acc" != NA ] && acc=$((acc - $(lt_metric "$b" tern_messages_accepted_total | sed 's/NA/0/')))
-        bs=$(lt_metric "$a" tern_spool_commit_batch_size_sum)
-        bc=$(lt_metric "$a" tern_spool_commit_batch_size_count)
+        syn=$(lt_metric_delta "$b" "$a" tern_spool_syncs_total)
+        acc=$(lt_metric_delta "$b" "$a" tern_messages_accepted_total)
+        bs=$(lt_metric_delta "$b" "$a" tern_spool_commit_batch_size_sum)
+        bc=$(lt_metric_delta "$b" "$a" tern_spool_commit_batch_size_count)
         if [ "$bs" != NA ] && [ "$bc" != NA ]; then
-            bs=$((bs - $(lt_metric "$b" tern_spool_commit_batch_size_sum | sed 's/NA/0/')))
-            bc=$((bc - $(lt_metric "$b" tern_spool_commit_batch_size_count | sed 's/NA/0/')))
             TR_PERSYNC=$(lt_div "$bs" "$bc")
         else
             TR_PERSYNC=$(lt_div "$acc" "$syn")

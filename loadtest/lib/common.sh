@@ -106,11 +106,23 @@ lt_stop_pid() {
 
 # Prometheus text scrape; prints the exposition or nothing.
 lt_scrape() { curl -fsS --max-time 5 "http://$1/metrics" 2>/dev/null; }
-# Sum of all series of one metric name (any labels) in a scrape file.
+# lt_metric FILE NAME [LABEL]: sum of all series of one metric name in a
+# scrape file, or only of those whose labels contain LABEL (e.g.
+# 'result="delivered"'); NA when there is none.
 lt_metric() {
-    awk -v n="$2" '
-        $1 == n || index($1, n "{") == 1 { s += $NF; f = 1 }
+    awk -v n="$2" -v l="${3:-}" '
+        ($1 == n && l == "") || (index($1, n "{") == 1 && index($1, l) > 0) { s += $NF; f = 1 }
         END { if (f) printf "%.0f\n", s; else print "NA" }' "$1"
+}
+# lt_metric_delta BEFORE AFTER NAME [LABEL]: AFTER - BEFORE (a series missing
+# before counts as 0), NA when missing after.
+lt_metric_delta() {
+    local a b
+    a=$(lt_metric "$2" "$3" "${4:-}")
+    [ "$a" = NA ] && { echo NA; return; }
+    b=$(lt_metric "$1" "$3" "${4:-}")
+    [ "$b" = NA ] && b=0
+    echo $((a - b))
 }
 
 # Max resident set (VmHWM, KiB) of one process.
@@ -150,6 +162,7 @@ lt_family_pss_kib() {
 # (call it directly, not inside $(...), so the sampler is our own child and
 # can be waited for; the exit trap in procs.sh stops it if still running).
 LT_SAMPLER_PID=""
+# shellcheck disable=SC2034  # read by the exit trap in procs.sh
 LT_SAMPLER_STOP=""
 lt_rss_sampler_start() {
     local root=$1 file=$2
@@ -172,6 +185,7 @@ lt_rss_sampler_stop() {
     touch "$file.stop"
     wait "$LT_SAMPLER_PID" 2>/dev/null
     LT_SAMPLER_PID=""
+    # shellcheck disable=SC2034  # read by the exit trap in procs.sh
     LT_SAMPLER_STOP=""
     cat "$file"
 }

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # globals set here are read by the calling scripts
 # loadtest/lib/procs.sh -- sourced by loadtest/accept.sh and relay.sh (after
 # common.sh, install.sh and postfix.sh).
 #
@@ -51,14 +52,17 @@ lt_trap_cleanup() {
 }
 
 # ---------------------------------------------------------------- smtp-source
-# lt_run_source PORT SIZE COUNT SESSIONS LOGFILE -> sets SRC_NS (elapsed ns)
-# and SRC_RC (smtp-source's exit code, 124 = timed out). Runs smtp-source in
-# the background and waits, so a TERM/INT reaches the trap at once.
+# lt_run_source PORT SIZE COUNT SESSIONS LOGFILE -> sets SRC_T0 (start, ns),
+# SRC_NS (elapsed ns) and SRC_RC (smtp-source's exit code, 124 = timed out).
+# Runs smtp-source in the background and waits, so a TERM/INT reaches the
+# trap at once.
+SRC_T0=0
 SRC_NS=0
 SRC_RC=0
 lt_run_source() {
     local port=$1 size=$2 count=$3 sess=$4 log=$5 t0 t1
     t0=$(lt_now_ns)
+    SRC_T0=$t0
     # shellcheck disable=SC2086  # SOURCE_EXTRA is a list of options
     timeout "$RUN_TIMEOUT" smtp-source -s "$sess" -m "$count" -l "$size" -r 1 \
         -f "$SENDER" -t "$RCPT" $SOURCE_EXTRA "127.0.0.1:$port" >"$log" 2>&1 &
@@ -82,14 +86,15 @@ lt_source_status() {
 # lt_sink_start PORT LOGFILE [smtp-sink options...] -> sets LT_SINK_PID.
 # With -c smtp-sink writes running counters to LOGFILE ("sess=N quit=N
 # mesg=N", each update ended by CR, flushed at once), which lt_sink_counter
-# reads; smtp-sink counts a message when it receives the final ".".
+# reads; smtp-sink counts a message when it receives the final ".". Its
+# stderr goes to LOGFILE.err.
 lt_sink_start() {
     local port=$1 log=$2
     shift 2
     lt_require_free_ports "$port"
-    smtp-sink "$@" -u postfix "127.0.0.1:$port" 1024 >"$log" 2>&1 &
+    smtp-sink "$@" -u postfix "127.0.0.1:$port" 1024 >"$log" 2>"$log.err" &
     LT_SINK_PID=$!
-    lt_wait_listen "$port" 10 "$LT_SINK_PID" || lt_die "smtp-sink did not start: $(cat "$log")"
+    lt_wait_listen "$port" 10 "$LT_SINK_PID" || lt_die "smtp-sink did not start: $(cat "$log.err")"
 }
 lt_sink_stop() {
     lt_stop_pid "$LT_SINK_PID" 5
@@ -108,7 +113,8 @@ lt_sink_counter() {
 }
 # lt_sink_wait LOGFILE COUNT TIMEOUT STALL [PID] -> 0 once the sink has
 # received COUNT messages; 1 after TIMEOUT s in all, after STALL s without a
-# new message, or when PID (the relay under test) has died. Sets SINK_GOT
+# new message, or when PID (the relay under test) or the sink has died
+# (LT_SINK_PID: what lt_sink_start started). Sets SINK_GOT
 # (messages received) and SINK_WHY (why it gave up). Polls every 20 ms, so
 # the time of the return is within ~20 ms of the last message's arrival.
 SINK_GOT=0
@@ -125,6 +131,12 @@ lt_sink_wait() {
         now=$(lt_now_ns)
         if [ "$SINK_GOT" != "$prev" ]; then prev=$SINK_GOT; last_change=$now; fi
         if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then SINK_WHY="relay died"; return 1; fi
+        if ! kill -0 "$LT_SINK_PID" 2>/dev/null; then
+            wait "$LT_SINK_PID"
+            SINK_WHY="sink died (exit $?): $(tail -1 "$log.err" | cut -c1-60)"
+            LT_SINK_PID=""
+            return 1
+        fi
         if [ "$now" -ge "$deadline" ]; then SINK_WHY="timeout ${limit}s"; return 1; fi
         if [ $((now - last_change)) -ge $((stall * 1000000000)) ]; then SINK_WHY="stalled ${stall}s"; return 1; fi
         sleep 0.02
