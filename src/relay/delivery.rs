@@ -91,7 +91,8 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Create the delivery series at zero (see register_metrics in runtime).
+/// Create every relay series (delivery, outbound SMTP, DNS, DSN) at zero,
+/// so dashboards and `rate()` see them before the first event.
 pub fn register_metrics() {
     for result in ATTEMPT_RESULTS {
         for class in ["2xx", "4xx", "5xx", "none"] {
@@ -107,6 +108,23 @@ pub fn register_metrics() {
         metrics::counter!("tern_outbound_connections_total", "result" => result).increment(0);
     }
     metrics::counter!("tern_outbound_tls_fallbacks_total").increment(0);
+    for class in crate::smtp::reply::REPLY_CLASSES {
+        metrics::counter!("tern_smtp_client_replies_total", "class" => class).increment(0);
+    }
+    metrics::counter!("tern_smtp_client_timeouts_total").increment(0);
+    metrics::counter!("tern_smtp_client_protocol_errors_total").increment(0);
+    for result in ["ok", "nxdomain", "nullmx", "noaddress", "temporary"] {
+        metrics::counter!("tern_dns_lookups_total", "result" => result).increment(0);
+    }
+    for result in ["hit", "miss"] {
+        metrics::counter!("tern_dns_cache_total", "result" => result).increment(0);
+    }
+    for action in ["failed", "delayed"] {
+        metrics::counter!("tern_dsn_built_total", "action" => action).increment(0);
+    }
+    for reason in ["null_sender", "notify"] {
+        metrics::counter!("tern_dsn_suppressed_total", "reason" => reason).increment(0);
+    }
 }
 
 impl<C: Connector + 'static> Relay<C> {
