@@ -16,4 +16,4 @@ pub use command::{parse_command, Command, CommandError};
 pub use data::{ContentError, DataDecoder, Framing};
 pub use relay_access::RelayAccess;
 pub use reply::{EnhancedStatus, Reply};
-pub use session::{IncomingMessage, ServerSession, SessionConfig, SessionEvent};
+pub use session::{IncomingMessage, RecipientHook, ServerSession, SessionConfig, SessionEvent};
