@@ -21,6 +21,7 @@ use super::command::{parse_command, Command, CommandError, MailFrom, RcptTo, COM
 use super::data::{ContentError, DataDecoder, Framing};
 use super::relay_access::RelayAccess;
 use super::reply::{class_label, EnhancedStatus, Reply};
+use super::trace::too_many_hops;
 use crate::envelope::{ClientInfo, Envelope, Recipient};
 use crate::spool::SpoolError;
 
@@ -720,6 +721,7 @@ impl ServerSession {
         let Some(tx) = self.transaction.take() else {
             return Step::Continue;
         };
+        let error = error.or_else(|| too_many_hops(&tx.data).then_some(ContentError::TooManyHops));
         if let Some(error) = error {
             let (reason, reply) = content_error_reply(error);
             metrics::counter!("tern_smtp_messages_rejected_total", "reason" => reason).increment(1);
@@ -809,6 +811,10 @@ fn content_error_reply(error: ContentError) -> (&'static str, Reply) {
             ),
         ),
         ContentError::TooLarge => ("too_large", too_large()),
+        ContentError::TooManyHops => (
+            "hops",
+            Reply::new(554, status(5, 4, 6), "Too many hops (mail loop?)"),
+        ),
     }
 }
 
@@ -837,6 +843,7 @@ fn command_error_reply(error: &CommandError) -> Reply {
 mod tests {
     use super::*;
     use crate::envelope::{BodyType, DsnRet, Notify};
+    use crate::smtp::trace::RECEIVED_HOPS_MAX;
     use std::net::Ipv4Addr;
 
     const HOST: &str = "mx.test.example";
@@ -1902,6 +1909,63 @@ mod tests {
         assert_eq!(
             *hook.seen.borrow(),
             [("u@local.example".to_owned(), "local.example".to_owned())]
+        );
+    }
+
+    /// A message with `hops` Received fields.
+    fn looping_message(hops: usize) -> String {
+        format!(
+            "{}Subject: x\r\n\r\nReceived: in the body\r\n",
+            "Received: from a.example\r\n\tby b.example; Mon, 23 Nov 2026 17:55:06 +0000\r\n"
+                .repeat(hops)
+        )
+    }
+
+    #[test]
+    fn too_many_hops_is_refused_after_data_and_the_session_goes_on() {
+        let allowed = looping_message(RECEIVED_HOPS_MAX);
+        let looping = looping_message(RECEIVED_HOPS_MAX + 1);
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\n",
+            &looping,
+            ".\r\nNOOP\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\n",
+            &allowed,
+            ".\r\n",
+        ]));
+        assert_eq!(
+            after_ehlo(&t)[3..],
+            [
+                "554 5.4.6 Too many hops (mail loop?)",
+                "250 2.0.0 Ok",
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as Q1",
+            ]
+        );
+        assert_eq!(t.messages.len(), 1);
+        assert_eq!(t.messages[0].data, allowed.as_bytes());
+    }
+
+    #[test]
+    fn too_many_hops_is_refused_after_bdat_last() {
+        let looping = looping_message(RECEIVED_HOPS_MAX + 1);
+        let (first, second) = looping.split_at(looping.len() / 2);
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\n",
+            &format!("BDAT {}\r\n{first}", first.len()),
+            &format!("BDAT {} LAST\r\n{second}", second.len()),
+            "RCPT TO:<u@d.example>\r\n",
+        ]));
+        assert!(t.messages.is_empty());
+        assert_eq!(
+            after_ehlo(&t)[3..],
+            [
+                "554 5.4.6 Too many hops (mail loop?)",
+                "503 5.5.1 Error: need MAIL command",
+            ]
         );
     }
 }

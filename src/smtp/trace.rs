@@ -1,18 +1,24 @@
-//! The `Received:` trace field tern puts at the top of every message it
-//! passes on (RFC 5321 4.4, RFC 5322 3.6.7, "with" types of RFC 3848 and
-//! RFC 6531 4.3).
+//! `Received:` trace fields: the one tern puts at the top of every message
+//! it passes on (RFC 5321 4.4, RFC 5322 3.6.7, "with" types of RFC 3848 and
+//! RFC 6531 4.3), and counting those a message already carries to stop
+//! mail loops (RFC 5321 6.3).
 //!
-//! This module only formats text. It must never do I/O (no reverse DNS,
-//! no clock: the arrival time comes from the envelope) and must never copy
-//! client-chosen text into the field unsanitised: a HELO name must not be
-//! able to end the field, add a line or fake a clause or comment.
+//! This module only formats and counts text. It must never do I/O (no
+//! reverse DNS, no clock: the arrival time comes from the envelope), must
+//! never copy client-chosen text into the field unsanitised (a HELO name
+//! must not be able to end the field, add a line or fake a clause or
+//! comment), and must never look past the header section when counting.
 
+use std::iter;
 use std::net::IpAddr;
 
 use mail_builder::headers::date::Date;
+use memchr::{memchr_iter, memmem};
 
 use crate::envelope::{ClientInfo, Envelope};
 
+/// More `Received:` fields than this mean a mail loop (RFC 5321 6.3).
+pub const RECEIVED_HOPS_MAX: usize = 100;
 /// Line length a header field should keep to (RFC 5322 2.1.1).
 const LINE_PREFERRED_MAX: usize = 78;
 /// Longest domain (RFC 5321 4.5.3.1.2); longer HELO names are cut, which
@@ -59,6 +65,39 @@ pub fn received_header(envelope: &Envelope, queue_id: &str, by_host: &str) -> St
         field.word(word);
     }
     field.finish()
+}
+
+/// The message (CRLF line ends, as the session hands it out) has more than
+/// [`RECEIVED_HOPS_MAX`] `Received:` fields in its header section, the
+/// part before the first empty line. Field names match in any case, with
+/// the white space before the colon that RFC 5322 4.5.3 still allows;
+/// folded continuation lines start with white space and never count.
+pub fn too_many_hops(message: &[u8]) -> bool {
+    let header_len = if message.starts_with(b"\r\n") {
+        0
+    } else {
+        // Up to and including the CRLF that ends the last field line.
+        memmem::find(message, b"\r\n\r\n").map_or(message.len(), |end| end + 2)
+    };
+    let header = message.get(..header_len).unwrap_or(message);
+    let line_starts = iter::once(0).chain(memchr_iter(b'\n', header).map(|lf| lf + 1));
+    line_starts
+        .filter(|&start| header.get(start..).is_some_and(is_received_field))
+        .nth(RECEIVED_HOPS_MAX)
+        .is_some()
+}
+
+/// The line starts a `Received` field: the name, optional blanks, a colon.
+fn is_received_field(line: &[u8]) -> bool {
+    const NAME: &[u8] = b"Received";
+    let Some((name, rest)) = line.split_at_checked(NAME.len()) else {
+        return false;
+    };
+    name.eq_ignore_ascii_case(NAME)
+        && rest
+            .iter()
+            .find(|&&byte| byte != b' ' && byte != b'\t')
+            .is_some_and(|&byte| byte == b':')
 }
 
 /// The "with" protocol type: RFC 3848 for (E)SMTP with TLS (S) and
@@ -563,5 +602,71 @@ mod tests {
             "{field:?}"
         );
         assert_eq!(parse(&field).with, Some(mail_parser::Protocol::ESMTPS));
+    }
+
+    /// `count` Received fields, each folded over two lines, then a subject,
+    /// an empty line and `body`.
+    fn message_with_hops(count: usize, body: &str) -> Vec<u8> {
+        let mut message = String::new();
+        for hop in 0..count {
+            message.push_str(&format!(
+                "Received: from h{hop}.example ([192.0.2.1])\r\n\tby mx.example; Mon, 23 Nov 2026 17:55:06 +0000\r\n"
+            ));
+        }
+        message.push_str("Subject: loop\r\n\r\n");
+        message.push_str(body);
+        message.into_bytes()
+    }
+
+    #[test]
+    fn hop_limit_is_inclusive() {
+        assert!(!too_many_hops(&message_with_hops(0, "x\r\n")));
+        assert!(!too_many_hops(&message_with_hops(
+            RECEIVED_HOPS_MAX,
+            "x\r\n"
+        )));
+        assert!(too_many_hops(&message_with_hops(
+            RECEIVED_HOPS_MAX + 1,
+            "x\r\n"
+        )));
+        assert!(too_many_hops(&message_with_hops(1000, "x\r\n")));
+    }
+
+    #[test]
+    fn received_in_the_body_does_not_count() {
+        let body = "Received: from quoted.example\r\n".repeat(50);
+        assert!(!too_many_hops(&message_with_hops(RECEIVED_HOPS_MAX, &body)));
+        // A message that is only a body (starts with the empty line).
+        let only_body = format!("\r\n{}", "Received: x\r\n".repeat(200));
+        assert!(!too_many_hops(only_body.as_bytes()));
+        // A message without a body: all of it is header.
+        let only_header = "Received: x\r\n".repeat(RECEIVED_HOPS_MAX + 1);
+        assert!(too_many_hops(only_header.as_bytes()));
+    }
+
+    #[test]
+    fn folded_lines_and_look_alike_fields_do_not_count() {
+        // One field folded over many lines whose continuations mention Received.
+        let folded = format!(
+            "Received: from a.example\r\n{}\r\nbody\r\n",
+            "\tReceived: by b.example\r\n Received:\r\n".repeat(RECEIVED_HOPS_MAX)
+        );
+        assert!(!too_many_hops(folded.as_bytes()));
+        let look_alikes = format!(
+            "{}\r\nbody\r\n",
+            "X-Received: x\r\nReceived-SPF: pass\r\nReceivedx: y\r\nReceived\r\n"
+                .repeat(RECEIVED_HOPS_MAX)
+        );
+        assert!(!too_many_hops(look_alikes.as_bytes()));
+    }
+
+    #[test]
+    fn field_name_matches_in_any_case_and_with_blanks_before_the_colon() {
+        let mixed = format!(
+            "{}{}\r\nbody\r\n",
+            "RECEIVED: x\r\nreceived \t: y\r\n".repeat(RECEIVED_HOPS_MAX / 2),
+            "rEcEiVeD:z\r\n"
+        );
+        assert!(too_many_hops(mixed.as_bytes()));
     }
 }
