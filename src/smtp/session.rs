@@ -63,7 +63,7 @@ pub trait RecipientHook {
 
 /// The session's optional [`RecipientHook`]; its own type so that the
 /// session stays `Debug` (a trait object has no `Debug`).
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct HookSlot(Option<Rc<dyn RecipientHook>>);
 
 impl HookSlot {
