@@ -32,6 +32,7 @@ use crate::queue::settle::{settle, AttemptOutcome, BounceReport};
 use crate::smtp::client::{
     ClientConfig, OutboundTransaction, ReceivedReply, RecipientOutcome, TlsPolicy,
 };
+use crate::smtp::received_header;
 use crate::smtp::reply::class_label;
 use crate::spool::{MessageView, QueueId, RecipientState, Spool, SpoolError, SpoolWriter};
 
@@ -44,7 +45,7 @@ pub const ATTEMPT_RESULTS: [&str; 3] = ["delivered", "deferred", "bounced"];
 /// Everything one core's delivery worker is configured with.
 pub struct RelaySettings {
     pub hostname: String,
-    pub routes: RouteTable,
+    pub routes: Rc<RouteTable>,
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,
     /// STARTTLS without certificate checks (opportunistic, required).
@@ -108,6 +109,9 @@ pub fn register_metrics() {
         metrics::counter!("tern_outbound_connections_total", "result" => result).increment(0);
     }
     metrics::counter!("tern_outbound_tls_fallbacks_total").increment(0);
+    for class in ["4xx", "5xx"] {
+        metrics::counter!("tern_smtp_recipient_hook_refused_total", "class" => class).increment(0);
+    }
     for class in crate::smtp::reply::REPLY_CLASSES {
         metrics::counter!("tern_smtp_client_replies_total", "class" => class).increment(0);
     }
@@ -240,7 +244,9 @@ impl<C: Connector + 'static> Relay<C> {
         if groups.is_empty() {
             return later;
         }
-        let trace: Rc<Vec<u8>> = Rc::new(Vec::new());
+        let trace = Rc::new(
+            received_header(&view.envelope, &id.to_string(), &self.settings.hostname).into_bytes(),
+        );
         let mut tasks = Vec::with_capacity(groups.len());
         for (key, indexes) in groups {
             let relay = Rc::clone(self);

@@ -7,6 +7,7 @@ pub mod connection;
 pub mod delivery;
 mod destination;
 pub mod dns;
+pub mod early_route;
 mod expiring_cache;
 pub mod next_hop;
 pub mod pool;

@@ -28,6 +28,7 @@ use crate::queue::scheduler::Scheduler;
 use crate::relay::connection::Connector;
 use crate::relay::delivery::{self, Relay, RelaySettings};
 use crate::relay::dns::{DnsConfig, MxResolver};
+use crate::relay::early_route::EarlyRoute;
 use crate::relay::pool::ConnectionPool;
 use crate::relay::routing::RouteTable;
 use crate::smtp::{RelayAccess, SessionConfig};
@@ -481,10 +482,12 @@ where
         }
     };
     schedule_recovered(&scheduler, relay.recovered);
+    let routes = Rc::new(relay.routes);
+    let recipient_hook = Rc::new(EarlyRoute::new(Rc::clone(&resolver), Rc::clone(&routes)));
     let delivery = Rc::new(Relay::new(
         RelaySettings {
             hostname: relay.hostname,
-            routes: relay.routes,
+            routes,
             retry: relay.retry,
             connect_timeout: relay.connect_timeout,
             tls_any: relay.tls_any,
@@ -509,6 +512,7 @@ where
         tls,
         spool: writer,
         scheduler: Rc::clone(&scheduler),
+        recipient_hook,
     });
     let active = Rc::new(Cell::new(0usize));
     let mut accept_loops = Vec::new();
