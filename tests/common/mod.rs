@@ -4,6 +4,9 @@
 //! 127.0.0.1; every read has a timeout so no test can hang.
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
+pub mod dns_zone;
+pub mod sink;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
