@@ -324,6 +324,70 @@ fn sink_takes_bdat_and_refuses_with_its_greeting() {
     assert_eq!(c.cmd("QUIT").unwrap().code, 221);
 }
 
+/// Send `bytes` (if any) and read until `replies` complete replies arrived;
+/// returns their codes.
+async fn exchange<T: tern::runtime::transport::Transport>(
+    stream: &mut T,
+    bytes: &[u8],
+    replies: usize,
+) -> Vec<u16> {
+    if !bytes.is_empty() {
+        let (result, _) = stream.write_all(bytes.to_vec()).await;
+        result.unwrap();
+    }
+    let mut text = String::new();
+    let final_lines = |text: &str| -> Vec<u16> {
+        text.split("\r\n")
+            .filter(|line| line.as_bytes().get(3) == Some(&b' '))
+            .filter_map(|line| line.get(..3)?.parse().ok())
+            .collect()
+    };
+    while final_lines(&text).len() < replies {
+        let read = stream.read(Vec::with_capacity(4096));
+        let (result, buf) = tokio::time::timeout(PROMPT, read)
+            .await
+            .expect("reply in time");
+        assert!(result.unwrap() > 0, "sink closed early after {text:?}");
+        text.push_str(&String::from_utf8_lossy(&buf));
+    }
+    final_lines(&text)
+}
+
+#[test]
+fn sink_speaks_starttls_with_a_test_ca() {
+    use tern::runtime::outbound::{client_config, roots_from_pem, CertCheck, TlsClientStream};
+    use tern::runtime::transport::TokioStream;
+    let keys = tempfile::tempdir().unwrap();
+    let (tls, ca) = tls_for(keys.path(), "sink", &["mx.secure.test"]);
+    let sink = Sink::start(SinkConfig::default().with_starttls(tls));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(sink.addr).await.unwrap();
+        let mut plain = TokioStream(tcp);
+        assert_eq!(exchange(&mut plain, b"", 1).await, [220]);
+        assert_eq!(exchange(&mut plain, b"EHLO probe\r\n", 1).await, [250]);
+        assert_eq!(exchange(&mut plain, b"STARTTLS\r\n", 1).await, [220]);
+        let roots = std::sync::Arc::new(roots_from_pem(&ca).unwrap());
+        let config = client_config(CertCheck::Roots(roots));
+        let mut secure = TlsClientStream::connect(plain, config, "mx.secure.test")
+            .await
+            .unwrap();
+        let commands = b"EHLO probe\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n";
+        assert_eq!(
+            exchange(&mut secure, commands, 4).await,
+            [250, 250, 250, 354]
+        );
+        let data = data_frame(b"Subject: secret\r\n\r\nx\r\n");
+        assert_eq!(exchange(&mut secure, &data, 1).await, [250]);
+    });
+    let got = sink.wait_for_messages(1, PROMPT);
+    assert!(got[0].tls && got[0].pipelined);
+    assert_eq!(sink.commands_like("STARTTLS", "").len(), 1);
+}
+
 // ---- routing ---------------------------------------------------------------
 
 #[test]
