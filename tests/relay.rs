@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::dns_zone::{a, mx, soa, ZoneThread};
-use common::sink::{Received, Sink, SinkConfig, When};
+use common::sink::{wait_for, Received, Sink, SinkConfig, When};
 use common::{config_file, data_frame, make_test_ca_for, RawClient, Reply};
 use hickory_server::proto::rr::Record;
 use mail_parser::{MessageParser, MimeHeaders};
@@ -617,7 +617,7 @@ fn permanent_failure_bounces_once_and_never_to_the_null_sender() {
     let status = check_failure_dsn(&got[0], "gone@perm.test", "perm failure");
     assert!(status.starts_with("5."), "{status}");
     assert!(
-        sink.wait_until(PROMPT, |_| sink
+        wait_for(PROMPT, || sink
             .commands_like("RCPT", "gone@perm.test")
             .len()
             >= 2),
@@ -697,6 +697,23 @@ fn pipelining_is_used_when_offered_and_only_then() {
     assert!(got[0].pipelined, "MAIL, RCPTs and DATA arrive in one read");
     let got = slow.wait_for_messages(1, PROMPT);
     assert!(!got[0].pipelined, "no pipelining without the extension");
+}
+
+#[test]
+fn chunking_is_used_when_offered_with_the_same_bytes() {
+    let sink = Sink::start(SinkConfig::default().with_chunking());
+    let dns = zone(vec![a("chunks.test.", loopback(1))]);
+    let dsn = Sink::start(SinkConfig::default());
+    let tern = Tern::start(dns.addr, sink.port(), &dsn, "", "");
+    let body = message("chunked");
+    submit_ok(tern.addr, &["user@chunks.test"], &body);
+    let got = sink.wait_for_messages(1, PROMPT);
+    assert!(got[0].chunked, "BDAT, not DATA, when CHUNKING is offered");
+    assert!(got[0].data.starts_with(b"Received:"));
+    assert!(
+        got[0].data.ends_with(&body),
+        "BDAT carries the bytes unstuffed"
+    );
 }
 
 #[test]

@@ -268,18 +268,10 @@ impl Sink {
     }
 
     /// Wait (at most `within`) until `done` holds for the messages; return
-    /// whether it did.
+    /// whether it did. `done` runs under the sink's lock: it must not call
+    /// back into the sink (use `wait_for` for that).
     pub fn wait_until(&self, within: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if done(&self.state.lock().unwrap().messages) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        wait_for(within, || done(&self.state.lock().unwrap().messages))
     }
 
     /// Wait (at most `within`) for `count` messages; panics naming what
@@ -295,6 +287,21 @@ impl Sink {
             );
         }
         self.messages()
+    }
+}
+
+/// Poll `condition` until it holds or `within` has passed; return whether
+/// it held. For conditions on several sinks or on commands.
+pub fn wait_for(within: Duration, condition: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL_INTERVAL);
     }
 }
 
