@@ -532,35 +532,38 @@ fn nonexistent_domain_bounces_with_5_1_2() {
 
 #[test]
 fn temporary_failure_is_retried_then_delivered() {
-    let sink = Sink::start(
-        SinkConfig::default()
-            .reply_times(
-                When::Rcpt("later@retry.test".into()),
-                451,
-                "4.2.1 try later",
-                1,
-            )
-            .reply_times(When::DataEnd, 452, "4.3.1 disk full for now", 1),
+    // One sink says 451 to the first RCPT, the other 452 to the first end
+    // of data; each message must arrive on its second attempt.
+    let at_rcpt =
+        Sink::start(SinkConfig::default().reply_times(When::AnyRcpt, 451, "4.2.1 try later", 1));
+    let at_data = Sink::start_on(
+        SocketAddr::from((loopback(2), at_rcpt.port())),
+        SinkConfig::default().reply_times(When::DataEnd, 452, "4.3.1 disk full for now", 1),
     );
-    let dns = zone(vec![a("retry.test.", loopback(1))]);
+    let dns = zone(vec![
+        a("retry.test.", loopback(1)),
+        a("retry-data.test.", loopback(2)),
+    ]);
     let dsn = Sink::start(SinkConfig::default());
-    let tern = Tern::start(dns.addr, sink.port(), &dsn, "", "");
+    let tern = Tern::start(dns.addr, at_rcpt.port(), &dsn, "", "");
     let started = Instant::now();
-    // The first message meets the 451 at RCPT, the second the 452 at the
-    // end of data; each must arrive on a later attempt.
     submit_ok(tern.addr, &["later@retry.test"], &message("retry rcpt"));
-    let got = sink.wait_for_messages(1, wait_seconds(10));
+    submit_ok(
+        tern.addr,
+        &["again@retry-data.test"],
+        &message("retry data"),
+    );
+    let got = at_rcpt.wait_for_messages(1, wait_seconds(10));
     assert_eq!(got[0].rcpt_to, ["later@retry.test"]);
     assert!(
         started.elapsed() >= Duration::from_millis(800),
         "delivered after {:?}, before the 1 s first retry",
         started.elapsed()
     );
-    assert_eq!(sink.commands_like("RCPT", "later@retry.test").len(), 2);
-    submit_ok(tern.addr, &["again@retry.test"], &message("retry data"));
-    let got = sink.wait_for_messages(2, wait_seconds(10));
-    assert_eq!(got[1].rcpt_to, ["again@retry.test"]);
-    assert_eq!(sink.commands_like("RCPT", "again@retry.test").len(), 2);
+    assert_eq!(at_rcpt.commands_like("RCPT", "later@retry.test").len(), 2);
+    let got = at_data.wait_for_messages(1, wait_seconds(10));
+    assert_eq!(got[0].rcpt_to, ["again@retry-data.test"]);
+    assert_eq!(at_data.commands_like("DATA", "").len(), 2);
     assert_eq!(dsn.message_count(), 0, "no DSN for delivered mail");
 }
 
