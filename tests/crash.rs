@@ -24,7 +24,7 @@ fn write_config(dir: &Path, io: &str) -> std::path::PathBuf {
         "[server]\nworkers = 2\nio = \"{io}\"\nhostname = \"crash.test\"\n\
          [smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\nmax_message_size = \"64KiB\"\nmax_recipients = 100\n\
          [spool]\ndir = \"{}\"\nsegment_size = \"512KiB\"\n\
-         [metrics]\nlisten = \"\"\n[log]\nlevel = \"info\"\n",
+         [relay]\nhold = true\n[metrics]\nlisten = \"\"\n[log]\nlevel = \"info\"\n",
         dir.join("spool").display()
     );
     std::fs::write(&path, text).unwrap();

@@ -69,7 +69,7 @@ fn metrics_move_and_dashboard_names_exist() {
         &config,
         format!(
             "[server]\nworkers = 1\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\n\
-             [spool]\ndir = \"{}\"\nsegment_size = \"32MiB\"\n[metrics]\nlisten = \"{metrics_addr}\"\n",
+             [spool]\ndir = \"{}\"\nsegment_size = \"32MiB\"\n[relay]\nhold = true\n[metrics]\nlisten = \"{metrics_addr}\"\n",
             dir.path().join("spool").display()
         ),
     )

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::listener::ListenerKind;
 use super::tls::TlsStream;
 use super::transport::{Transport, READ_CHUNK};
+use crate::queue::scheduler::Scheduler;
 use crate::smtp::reply::REPLY_CLASSES;
 use crate::smtp::{IncomingMessage, ServerSession, SessionConfig, SessionEvent};
 use crate::spool::{QueueId, SpoolError, SpoolWriter};
@@ -27,7 +28,10 @@ pub struct CoreContext {
     pub core: usize,
     pub session_config: Arc<SessionConfig>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub spool: RefCell<SpoolWriter>,
+    /// Shared with this core's delivery worker (recipient updates, DSNs).
+    pub spool: Rc<RefCell<SpoolWriter>>,
+    /// Where a durable message goes to be delivered.
+    pub scheduler: Rc<Scheduler>,
 }
 
 impl CoreContext {
@@ -206,6 +210,7 @@ pub async fn serve<T: Transport>(
                             "message accepted"
                         );
                         session.message_stored(Ok(id.to_string()));
+                        ctx.scheduler.submit(id);
                     }
                     Err(e) => {
                         metrics::counter!("tern_smtp_messages_rejected_total", "reason" => "spool")

@@ -16,7 +16,8 @@ use std::time::Duration;
 use tern::config::{Config, IoMode};
 
 /// A small config: one SMTP listener on an ephemeral loopback port, no
-/// submission listener, no metrics endpoint, small segments, spool in `dir`.
+/// submission listener, no metrics endpoint, small segments, spool in `dir`,
+/// and mail held (never relayed: no DNS query may leave the machine).
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::default();
     c.server.workers = 2;
@@ -30,6 +31,7 @@ pub fn test_config(dir: &Path) -> Config {
     c.spool.dir = dir.join("spool");
     c.spool.segment_size = 1024 * 1024;
     c.metrics.listen = None;
+    c.relay.hold = true;
     c
 }
 
