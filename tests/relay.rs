@@ -60,7 +60,7 @@ impl Tern {
     ) -> Tern {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "[relay]\nnameservers = [\"{dns}\"]\nremote_port = {remote_port}\n\
+            "[relay]\nhold = false\nnameservers = [\"{dns}\"]\nremote_port = {remote_port}\n\
              first_retry = \"1s\"\nmax_retry = \"2s\"\nconnect_timeout = \"2s\"\n\
              connection_idle_timeout = \"2s\"\n{relay_keys}\n\
              [relay.routes]\n\"senders.test\" = \"{}\"\n{routes}\n",
@@ -466,6 +466,11 @@ fn domain_without_mx_gets_mail_at_its_own_address() {
     assert_eq!(got[0].rcpt_to, ["user@implicit.test"]);
 }
 
+/// KNOWN ENGINE BUG (main 909228d): the second half fails. The bounce
+/// with 5.1.10 works, but relay-spec.md promises `556 5.1.10` at RCPT once
+/// the null MX is cached after a prefetch, and nothing outside
+/// `relay::dns` calls `prefetch` or consults the cache at RCPT: every RCPT
+/// to a null-MX domain gets 250.
 #[test]
 fn null_mx_is_refused_at_rcpt_once_known_and_bounced_before() {
     let dns = zone(vec![mx("nullmx.test.", 0, ".")]);
@@ -638,7 +643,7 @@ fn permanent_failure_bounces_once_and_never_to_the_null_sender() {
 // ---- the shape of delivery ---------------------------------------------------
 
 #[test]
-fn recipients_of_one_message_share_one_transaction_after_a_received_header() {
+fn recipients_of_one_message_share_one_transaction() {
     let sink = Sink::start(SinkConfig::default());
     let dns = zone(vec![a("multi.test.", loopback(1))]);
     let dsn = Sink::start(SinkConfig::default());
@@ -657,19 +662,40 @@ fn recipients_of_one_message_share_one_transaction_after_a_received_header() {
         ["one@multi.test", "three@multi.test", "two@multi.test"]
     );
     assert!(
-        got[0].data.starts_with(b"Received:"),
-        "{}",
-        String::from_utf8_lossy(&got[0].data)
-    );
-    assert!(
         got[0].data.ends_with(&body),
-        "the client's bytes follow the trace"
+        "the client's bytes arrive intact"
     );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         sink.message_count(),
         1,
         "one transaction, not one per recipient"
+    );
+}
+
+/// KNOWN ENGINE BUG (main 909228d): fails. relay-spec.md promises that
+/// outbound data starts with a `Received:` trace header added by tern, but
+/// `relay::delivery` passes an empty trace (`let trace: Rc<Vec<u8>> =
+/// Rc::new(Vec::new())`), so the sink gets the client's bytes unchanged.
+#[test]
+fn delivered_data_starts_with_a_received_header() {
+    let sink = Sink::start(SinkConfig::default());
+    let dns = zone(vec![a("traced.test.", loopback(1))]);
+    let dsn = Sink::start(SinkConfig::default());
+    let tern = Tern::start(dns.addr, sink.port(), &dsn, "", "");
+    let body = message("trace");
+    submit_ok(tern.addr, &["user@traced.test"], &body);
+    let got = sink.wait_for_messages(1, PROMPT);
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(text.starts_with("Received: "), "{text}");
+    let trace_end = text.find("\r\n\r\n").unwrap_or(0);
+    assert!(
+        text[..trace_end].contains("tern.test"),
+        "the trace names this host: {text}"
+    );
+    assert!(
+        got[0].data.ends_with(&body),
+        "the client's bytes follow the trace"
     );
 }
 
@@ -712,7 +738,6 @@ fn chunking_is_used_when_offered_with_the_same_bytes() {
     submit_ok(tern.addr, &["user@chunks.test"], &body);
     let got = sink.wait_for_messages(1, PROMPT);
     assert!(got[0].chunked, "BDAT, not DATA, when CHUNKING is offered");
-    assert!(got[0].data.starts_with(b"Received:"));
     assert!(
         got[0].data.ends_with(&body),
         "BDAT carries the bytes unstuffed"

@@ -118,7 +118,7 @@ fn every_acknowledged_message_reaches_the_sink_across_kill_9() {
     let sink = Sink::start(SinkConfig::default());
     let dir = tempfile::tempdir().unwrap();
     let relay = format!(
-        "[relay]\nsmarthost = \"{}\"\nfirst_retry = \"1s\"\nmax_retry = \"2s\"\n\
+        "[relay]\nhold = false\nsmarthost = \"{}\"\nfirst_retry = \"1s\"\nmax_retry = \"2s\"\n\
          connect_timeout = \"2s\"\nconnection_idle_timeout = \"2s\"\n",
         sink.addr
     );
