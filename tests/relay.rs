@@ -59,8 +59,15 @@ impl Tern {
         routes: &str,
     ) -> Tern {
         let dir = tempfile::tempdir().unwrap();
+        // test_config holds mail; relay tests release it unless the case
+        // sets `hold` itself (TOML forbids the key twice).
+        let hold = if relay_keys.contains("hold =") {
+            ""
+        } else {
+            "hold = false\n"
+        };
         let text = format!(
-            "[relay]\nhold = false\nnameservers = [\"{dns}\"]\nremote_port = {remote_port}\n\
+            "[relay]\n{hold}nameservers = [\"{dns}\"]\nremote_port = {remote_port}\n\
              first_retry = \"1s\"\nmax_retry = \"2s\"\nconnect_timeout = \"2s\"\n\
              connection_idle_timeout = \"2s\"\n{relay_keys}\n\
              [relay.routes]\n\"senders.test\" = \"{}\"\n{routes}\n",
@@ -831,6 +838,35 @@ fn a_peer_closing_a_pooled_connection_costs_no_message() {
     let got = sink.wait_for_messages(MESSAGES, wait_seconds(15));
     assert_eq!(got.len(), MESSAGES);
     assert_eq!(dsn.message_count(), 0);
+}
+
+#[test]
+fn held_mail_leaves_on_queue_release() {
+    let sink = Sink::start(SinkConfig::default());
+    let dns = zone(vec![a("held.test.", loopback(1))]);
+    let dsn = Sink::start(SinkConfig::default());
+    let tern = Tern::start(dns.addr, sink.port(), &dsn, "hold = true", "");
+    submit_ok(tern.addr, &["user@held.test"], &message("held"));
+    std::thread::sleep(QUIET);
+    assert_eq!(sink.connections(), 0, "held mail does not leave");
+    assert_eq!(
+        tern.recipient_state("user@held.test").as_deref(),
+        Some("pending")
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["queue", "release", "-c"])
+        .arg(&tern.config_path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("released 1 message"), "{stdout}");
+    let got = sink.wait_for_messages(1, PROMPT);
+    assert_eq!(got[0].rcpt_to, ["user@held.test"]);
 }
 
 // ---- STARTTLS -----------------------------------------------------------------

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::sink::{Received, Sink, SinkConfig};
+use common::sink::{Received, Sink, SinkConfig, When};
 use common::{config_file, data_frame, spawn_tern, RawClient};
 
 const CLIENTS: usize = 8;
@@ -23,6 +23,10 @@ const CLIENTS: usize = 8;
 const TOTAL: usize = 2000;
 /// tern is killed once this many messages were acknowledged.
 const KILL_AFTER: usize = 800;
+/// The sink's pause before answering each message's data.
+const SINK_DELAY: Duration = Duration::from_millis(5);
+/// RCPTs the sink answers 451 before accepting any.
+const DEFERRED: usize = 40;
 /// Bound on waiting for the kill point.
 const LOAD_DEADLINE: Duration = Duration::from_secs(30);
 /// Bound on waiting for the sink to hold every acknowledged message.
@@ -115,11 +119,21 @@ fn delivered_ids(messages: &[Received]) -> HashMap<String, usize> {
 
 #[test]
 fn every_acknowledged_message_reaches_the_sink_across_kill_9() {
-    let sink = Sink::start(SinkConfig::default());
+    // A slow sink behind few connections builds a relay backlog, so the
+    // kill lands with messages queued, in flight at the sink (delivered
+    // but not yet recorded: the duplicates) and deferred (the first RCPTs
+    // get 451) whose schedule must survive the restart.
+    let sink = Sink::start(SinkConfig::default().slow_data_end(SINK_DELAY).reply_times(
+        When::AnyRcpt,
+        451,
+        "4.3.2 not now",
+        DEFERRED,
+    ));
     let dir = tempfile::tempdir().unwrap();
     let relay = format!(
         "[relay]\nhold = false\nsmarthost = \"{}\"\nfirst_retry = \"1s\"\nmax_retry = \"2s\"\n\
-         connect_timeout = \"2s\"\nconnection_idle_timeout = \"2s\"\n",
+         connect_timeout = \"2s\"\nconnection_idle_timeout = \"2s\"\n\
+         max_connections_per_destination = 4\n",
         sink.addr
     );
     let (_config, config_path) = config_file(dir.path(), &relay);

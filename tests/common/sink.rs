@@ -67,6 +67,9 @@ pub struct SinkConfig {
     /// Close the connection (without a reply) right after this many
     /// messages have been accepted on it.
     pub close_after_messages: Option<usize>,
+    /// Wait this long before answering the end of each message's data, like
+    /// a slow disk or content filter.
+    pub data_end_delay: Duration,
 }
 
 impl Default for SinkConfig {
@@ -78,6 +81,7 @@ impl Default for SinkConfig {
             starttls: None,
             rules: Vec::new(),
             close_after_messages: None,
+            data_end_delay: Duration::ZERO,
         }
     }
 }
@@ -121,6 +125,11 @@ impl SinkConfig {
             text: text.into(),
             times,
         });
+        self
+    }
+
+    pub fn slow_data_end(mut self, delay: Duration) -> Self {
+        self.data_end_delay = delay;
         self
     }
 
@@ -423,6 +432,9 @@ struct Session {
     phase: Phase,
     transaction: Option<Transaction>,
     messages_here: usize,
+    /// A message's data ended in the last `process`: its reply waits
+    /// `data_end_delay`.
+    data_ended: bool,
     /// Reads done on this connection: commands processed with no read in
     /// between arrived together, before any reply left.
     reads: usize,
@@ -438,6 +450,7 @@ impl Session {
             phase: Phase::Commands,
             transaction: None,
             messages_here: 0,
+            data_ended: false,
             reads: 0,
         }
     }
@@ -454,6 +467,9 @@ impl Session {
             } else {
                 self.process(&mut input, &mut out)
             };
+            if std::mem::take(&mut self.data_ended) && !self.config.data_end_delay.is_zero() {
+                tokio::time::sleep(self.config.data_end_delay).await;
+            }
             if !out.is_empty() {
                 let (result, mut sent) = stream.write_all(std::mem::take(&mut out)).await;
                 if result.is_err() {
@@ -685,6 +701,7 @@ impl Session {
     /// The end of a message's content: reply (programmed or 250), record
     /// it when accepted, and close when the per-connection limit is hit.
     fn finish_message(&mut self, out: &mut Vec<u8>) -> Next {
+        self.data_ended = true;
         let Some(t) = self.transaction.take() else {
             out.extend_from_slice(b"503 5.5.1 no transaction\r\n");
             return Next::Read;
