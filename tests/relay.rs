@@ -540,6 +540,26 @@ fn nonexistent_domain_bounces_with_5_1_2() {
     assert_eq!(status, "5.1.2");
 }
 
+#[test]
+fn dns_failure_defers_instead_of_bouncing() {
+    // The test server refuses names outside its zone: a temporary failure.
+    let dns = zone(vec![]);
+    let dsn = Sink::start(SinkConfig::default());
+    let tern = Tern::start(dns.addr, 9, &dsn, "", "");
+    submit_ok(tern.addr, &["user@outside.example"], &message("dns down"));
+    assert_eq!(
+        tern.wait_for_state("user@outside.example", "deferred", PROMPT)
+            .as_deref(),
+        Some("deferred")
+    );
+    std::thread::sleep(QUIET);
+    assert_eq!(
+        dsn.message_count(),
+        0,
+        "no bounce for a temporary DNS failure"
+    );
+}
+
 // ---- retries, bounces, DSNs -------------------------------------------------
 
 #[test]
@@ -888,11 +908,11 @@ fn tls_for(
 }
 
 #[test]
-fn verified_starttls_to_an_mx_with_a_test_ca() {
+fn verified_starttls_to_an_mx_and_a_named_route_with_a_test_ca() {
     let keys = tempfile::tempdir().unwrap();
-    // Both the MX host name and the domain are in the certificate: the
-    // contract does not say which one tern checks.
-    let (tls, ca) = tls_for(keys.path(), "good", &["mx.secure.test", "secure.test"]);
+    // tern checks the name it connected to: the MX host name, or the host
+    // of a route (resolved by the system, so "localhost" works).
+    let (tls, ca) = tls_for(keys.path(), "good", &["mx.secure.test", "localhost"]);
     let sink = Sink::start(SinkConfig::default().with_starttls(tls));
     let dns = zone(vec![
         mx("secure.test.", 10, "mx.secure.test."),
@@ -900,45 +920,62 @@ fn verified_starttls_to_an_mx_with_a_test_ca() {
     ]);
     let dsn = Sink::start(SinkConfig::default());
     let relay = format!("tls = \"verify\"\ntls_ca_file = \"{}\"", ca.display());
-    let tern = Tern::start(dns.addr, sink.port(), &dsn, &relay, "");
-    submit_ok(tern.addr, &["user@secure.test"], &message("verified tls"));
-    let got = sink.wait_for_messages(1, PROMPT);
-    assert!(got[0].tls, "delivered inside TLS");
+    let route = format!(
+        "\"routed.test\" = {{ to = \"localhost:{}\", tls = \"verify\" }}",
+        sink.port()
+    );
+    let tern = Tern::start(dns.addr, sink.port(), &dsn, &relay, &route);
+    submit_ok(tern.addr, &["user@secure.test"], &message("verified mx"));
+    submit_ok(tern.addr, &["user@routed.test"], &message("verified route"));
+    let got = sink.wait_for_messages(2, PROMPT);
+    assert!(got.iter().all(|m| m.tls), "delivered inside TLS: {got:?}");
 }
 
 #[test]
 fn verification_failure_defers_instead_of_sending_in_clear() {
     let keys = tempfile::tempdir().unwrap();
-    let (tls, _) = tls_for(keys.path(), "served", &["mx.secure.test", "secure.test"]);
-    let (_, other_ca) = tls_for(keys.path(), "other", &["unrelated.test"]);
-    let sink = Sink::start(SinkConfig::default().with_starttls(tls));
+    // One sink's certificate comes from a CA tern does not trust; the
+    // other's from the trusted CA, but for the domain, not the MX host.
+    let (untrusted, _) = tls_for(keys.path(), "untrusted", &["mx.secure.test"]);
+    let (misnamed, trusted_ca) = tls_for(keys.path(), "trusted", &["wrongname.test"]);
+    let unknown_ca = Sink::start(SinkConfig::default().with_starttls(untrusted));
+    let wrong_name = Sink::start_on(
+        SocketAddr::from((loopback(2), unknown_ca.port())),
+        SinkConfig::default().with_starttls(misnamed),
+    );
     let dns = zone(vec![
         mx("secure.test.", 10, "mx.secure.test."),
         a("mx.secure.test.", loopback(1)),
+        mx("wrongname.test.", 10, "mx.wrongname.test."),
+        a("mx.wrongname.test.", loopback(2)),
     ]);
     let dsn = Sink::start(SinkConfig::default());
-    let relay = format!("tls = \"verify\"\ntls_ca_file = \"{}\"", other_ca.display());
-    let tern = Tern::start(dns.addr, sink.port(), &dsn, &relay, "");
-    submit_ok(tern.addr, &["user@secure.test"], &message("unverifiable"));
-    assert_eq!(
-        tern.wait_for_state("user@secure.test", "deferred", PROMPT)
-            .as_deref(),
-        Some("deferred")
+    let relay = format!(
+        "tls = \"verify\"\ntls_ca_file = \"{}\"",
+        trusted_ca.display()
     );
-    assert!(
-        !sink.commands_like("STARTTLS", "").is_empty(),
-        "TLS was attempted"
-    );
-    assert_eq!(
-        sink.message_count(),
-        0,
-        "never sent without a verified certificate"
-    );
-    assert_eq!(
-        sink.commands_like("MAIL", "").len(),
-        0,
-        "no transaction in clear"
-    );
+    let tern = Tern::start(dns.addr, unknown_ca.port(), &dsn, &relay, "");
+    submit_ok(tern.addr, &["user@secure.test"], &message("unknown ca"));
+    submit_ok(tern.addr, &["user@wrongname.test"], &message("wrong name"));
+    for (sink, rcpt) in [
+        (&unknown_ca, "user@secure.test"),
+        (&wrong_name, "user@wrongname.test"),
+    ] {
+        assert_eq!(
+            tern.wait_for_state(rcpt, "deferred", PROMPT).as_deref(),
+            Some("deferred"),
+            "{rcpt}"
+        );
+        assert!(
+            !sink.commands_like("STARTTLS", "").is_empty(),
+            "TLS was attempted for {rcpt}"
+        );
+        assert_eq!(sink.message_count(), 0, "{rcpt} never sent unverified");
+        assert!(
+            sink.commands_like("MAIL", "").is_empty(),
+            "no transaction in clear for {rcpt}"
+        );
+    }
 }
 
 #[test]
