@@ -473,11 +473,9 @@ fn domain_without_mx_gets_mail_at_its_own_address() {
     assert_eq!(got[0].rcpt_to, ["user@implicit.test"]);
 }
 
-/// KNOWN ENGINE BUG (main 909228d): the second half fails. The bounce
-/// with 5.1.10 works, but relay-spec.md promises `556 5.1.10` at RCPT once
-/// the null MX is cached after a prefetch, and nothing outside
-/// `relay::dns` calls `prefetch` or consults the cache at RCPT: every RCPT
-/// to a null-MX domain gets 250.
+/// The first message to a null-MX domain is accepted (nothing is known at
+/// RCPT yet) and bounces with 5.1.10; the RCPT started the lookup, so a
+/// later RCPT to that domain is refused at once with `556 5.1.10`.
 #[test]
 fn null_mx_is_refused_at_rcpt_once_known_and_bounced_before() {
     let dns = zone(vec![mx("nullmx.test.", 0, ".")]);
@@ -700,10 +698,7 @@ fn recipients_of_one_message_share_one_transaction() {
     );
 }
 
-/// KNOWN ENGINE BUG (main 909228d): fails. relay-spec.md promises that
-/// outbound data starts with a `Received:` trace header added by tern, but
-/// `relay::delivery` passes an empty trace (`let trace: Rc<Vec<u8>> =
-/// Rc::new(Vec::new())`), so the sink gets the client's bytes unchanged.
+/// Outbound data starts with the `Received:` trace header tern adds.
 #[test]
 fn delivered_data_starts_with_a_received_header() {
     let sink = Sink::start(SinkConfig::default());
