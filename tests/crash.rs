@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{data_frame, queue_id_of, spawn_tern, RawClient};
+use common::{data_frame, queue_id_of, queue_list_json, spawn_tern, RawClient};
 
 const CLIENTS: usize = 24;
 /// Stop sending after this many acknowledgements even if the kill is late.
@@ -138,17 +138,7 @@ fn kill_9_under_load(io: &str) {
     c.cmd("QUIT").unwrap();
 
     // The offline tools agree with what was acknowledged.
-    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["queue", "list", "--json", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = queue_list_json(&config);
     let listed_ids: std::collections::HashSet<String> = listed
         .as_array()
         .unwrap()

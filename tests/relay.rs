@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::dns_zone::{a, mx, soa, ZoneThread};
 use common::sink::{wait_for, Received, Sink, SinkConfig, When};
-use common::{config_file, data_frame, make_test_ca_for, RawClient, Reply};
+use common::{config_file, data_frame, make_test_ca_for, queue_list_json, RawClient, Reply};
 use hickory_server::proto::rr::Record;
 use mail_parser::{MessageParser, MimeHeaders};
 use tern::runtime::ServerHandle;
@@ -87,17 +87,7 @@ impl Tern {
     /// The state of `address` in `tern queue list --json` (offline read),
     /// or None when no queued message lists it.
     fn recipient_state(&self, address: &str) -> Option<String> {
-        let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["queue", "list", "--json", "-c"])
-            .arg(&self.config_path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed = queue_list_json(&self.config_path);
         listed.as_array()?.iter().find_map(|m| {
             m["recipients"].as_array()?.iter().find_map(|r| {
                 (r["address"].as_str()? == address)
@@ -170,6 +160,16 @@ fn submit_on(c: &mut RawClient, from: &str, rcpts: &[&str], body: &[u8]) -> Subm
 }
 
 /// Submit and insist on 250 for every recipient and the data.
+/// `count` messages to `rcpt`, one after another on one connection.
+fn submit_many(addr: SocketAddr, rcpt: &str, count: usize) {
+    let (mut c, _) = RawClient::connect(addr).unwrap();
+    c.cmd("EHLO client.test").unwrap();
+    for i in 0..count {
+        let s = submit_on(&mut c, SENDER, &[rcpt], &message(&format!("{rcpt} {i}")));
+        assert_eq!(s.data.map(|r| r.code), Some(250));
+    }
+}
+
 fn submit_ok(addr: SocketAddr, rcpts: &[&str], body: &[u8]) {
     let s = submit(addr, SENDER, rcpts, body);
     for reply in &s.rcpt {
@@ -779,17 +779,7 @@ fn connections_are_reused_within_the_per_destination_limit() {
         "max_connections_per_destination = 2",
         "",
     );
-    let (mut c, _) = RawClient::connect(tern.addr).unwrap();
-    c.cmd("EHLO client.test").unwrap();
-    for i in 0..MESSAGES {
-        let s = submit_on(
-            &mut c,
-            SENDER,
-            &["user@reuse.test"],
-            &message(&format!("reuse {i}")),
-        );
-        assert_eq!(s.data.map(|r| r.code), Some(250));
-    }
+    submit_many(tern.addr, "user@reuse.test", MESSAGES);
     sink.wait_for_messages(MESSAGES, PROMPT);
     let per_connection = sink.messages_per_connection();
     assert!(
@@ -812,17 +802,7 @@ fn a_connection_carries_at_most_max_messages_per_connection() {
         "max_connections_per_destination = 1\nmax_messages_per_connection = 5",
         "",
     );
-    let (mut c, _) = RawClient::connect(tern.addr).unwrap();
-    c.cmd("EHLO client.test").unwrap();
-    for i in 0..MESSAGES {
-        let s = submit_on(
-            &mut c,
-            SENDER,
-            &["user@capped.test"],
-            &message(&format!("cap {i}")),
-        );
-        assert_eq!(s.data.map(|r| r.code), Some(250));
-    }
+    submit_many(tern.addr, "user@capped.test", MESSAGES);
     sink.wait_for_messages(MESSAGES, PROMPT);
     let per_connection = sink.messages_per_connection();
     assert!(

@@ -142,17 +142,7 @@ struct CoreSetup {
 
 /// What one core's delivery worker is built from.
 struct CoreRelay {
-    hold: bool,
-    routes: RouteTable,
-    dns: DnsConfig,
-    retry: RetryPolicy,
-    connect_timeout: Duration,
-    per_destination: usize,
-    max_messages_per_connection: usize,
-    idle_timeout: Duration,
-    hostname: String,
-    tls_any: Arc<rustls::ClientConfig>,
-    tls_verified: Option<Arc<rustls::ClientConfig>>,
+    parts: RelayParts,
     /// Messages recovered from the spool that this core delivers.
     recovered: Vec<(QueueId, Vec<RecipientState>)>,
     admin: tokio::sync::mpsc::UnboundedReceiver<AdminRequest>,
@@ -307,6 +297,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
 }
 
 /// The relay settings every core shares, checked once at start.
+#[derive(Clone)]
 struct RelayParts {
     hold: bool,
     routes: RouteTable,
@@ -381,17 +372,7 @@ impl RelayParts {
         admin: tokio::sync::mpsc::UnboundedReceiver<AdminRequest>,
     ) -> CoreRelay {
         CoreRelay {
-            hold: self.hold,
-            routes: self.routes.clone(),
-            dns: self.dns.clone(),
-            retry: self.retry,
-            connect_timeout: self.connect_timeout,
-            per_destination: self.per_destination,
-            max_messages_per_connection: self.max_messages_per_connection,
-            idle_timeout: self.idle_timeout,
-            hostname: self.hostname.clone(),
-            tls_any: Arc::clone(&self.tls_any),
-            tls_verified: self.tls_verified.clone(),
+            parts: self.clone(),
             recovered,
             admin,
         }
@@ -473,39 +454,44 @@ where
         }
     };
     let writer = Rc::new(RefCell::new(writer));
-    let scheduler = Rc::new(Scheduler::new(relay.hold));
-    let resolver = match MxResolver::new(&relay.dns) {
+    let CoreRelay {
+        parts,
+        recovered,
+        admin,
+    } = relay;
+    let scheduler = Rc::new(Scheduler::new(parts.hold));
+    let resolver = match MxResolver::new(&parts.dns) {
         Ok(r) => Rc::new(r),
         Err(e) => {
             let _ = ready.send(Err(format!("[relay] nameservers: {e}")));
             return;
         }
     };
-    schedule_recovered(&scheduler, relay.recovered);
-    let routes = Rc::new(relay.routes);
+    schedule_recovered(&scheduler, recovered);
+    let routes = Rc::new(parts.routes);
     let recipient_hook = Rc::new(EarlyRoute::new(Rc::clone(&resolver), Rc::clone(&routes)));
     let delivery = Rc::new(Relay::new(
         RelaySettings {
-            hostname: relay.hostname,
+            hostname: parts.hostname,
             routes,
-            retry: relay.retry,
-            connect_timeout: relay.connect_timeout,
-            tls_any: relay.tls_any,
-            tls_verified: relay.tls_verified,
+            retry: parts.retry,
+            connect_timeout: parts.connect_timeout,
+            tls_any: parts.tls_any,
+            tls_verified: parts.tls_verified,
         },
         Rc::clone(&scheduler),
         Arc::clone(&spool),
         Rc::clone(&writer),
         Rc::clone(&resolver),
         Rc::new(ConnectionPool::new(
-            relay.per_destination,
-            relay.max_messages_per_connection,
-            relay.idle_timeout,
+            parts.per_destination,
+            parts.max_messages_per_connection,
+            parts.idle_timeout,
         )),
         connector,
     ));
     let delivery_loop = tokio::task::spawn_local(delivery.run(shutdown.clone()));
-    tokio::task::spawn_local(serve_admin(relay.admin, Rc::clone(&scheduler)));
+    tokio::task::spawn_local(serve_admin(admin, Rc::clone(&scheduler)));
     let ctx = Rc::new(CoreContext {
         core,
         session_config,

@@ -252,3 +252,18 @@ pub fn queue_id_of(reply: &Reply) -> Option<String> {
     let text = reply.lines.last()?;
     text.rsplit(' ').next().map(str::to_string)
 }
+
+/// `tern queue list --json -c config`, parsed (the offline view of the spool).
+pub fn queue_list_json(config: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["queue", "list", "--json", "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
