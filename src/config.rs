@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::relay::next_hop::NextHop;
+
 /// RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients.
 pub const RCPT_MIN_RFC5321: usize = 100;
 /// RFC 5321 4.5.3.2.7: the server waits at least 5 minutes for a command.
@@ -116,6 +118,83 @@ pub struct RelaySection {
     /// Domains tern accepts from anyone and relays onward (backup MX).
     /// A leading dot (".example.org") means every subdomain.
     pub relay_domains: Vec<String>,
+    /// Keep every accepted message queued until `tern queue release`.
+    pub hold: bool,
+    /// Next hop for all mail that has no static route: "host", "host:port",
+    /// "[192.0.2.1]:port". Unset = MX lookup.
+    pub smarthost: Option<String>,
+    /// Port of MX hosts, and of routes and the smarthost without a port.
+    pub remote_port: u16,
+    /// DNS servers (UDP) for MX lookups; empty = the system resolver.
+    #[serde(with = "addr_list")]
+    pub nameservers: Vec<SocketAddr>,
+    /// STARTTLS policy for delivery, unless a route sets its own.
+    pub tls: OutboundTls,
+    /// PEM file of CAs that `tls = "verify"` trusts instead of the system store.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Concurrent connections to one destination host, summed over cores.
+    pub max_connections_per_destination: usize,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: usize,
+    /// An unused pooled connection is closed after this.
+    #[serde(with = "duration_text")]
+    pub connection_idle_timeout: Duration,
+    /// TCP connect deadline per address.
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// Wait after the first temporary failure; doubles per attempt.
+    #[serde(with = "duration_text")]
+    pub first_retry: Duration,
+    /// Longest wait between two attempts.
+    #[serde(with = "duration_text")]
+    pub max_retry: Duration,
+    /// Age after which a recipient still deferred bounces.
+    #[serde(with = "duration_text")]
+    pub lifetime: Duration,
+    /// Static routes by recipient domain (leading dot = subdomains).
+    pub routes: std::collections::BTreeMap<String, RouteSpec>,
+}
+
+/// When delivery uses STARTTLS (RFC 3207).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    /// Never.
+    Off,
+    /// When offered, with any certificate (RFC 7435); clear otherwise.
+    Opportunistic,
+    /// Always, with any certificate; no STARTTLS = no delivery.
+    Required,
+    /// Always, with the certificate verified for the host name.
+    Verify,
+}
+
+/// A static route: `"example.com" = "host:port"` or
+/// `"example.com" = { to = "host:port", tls = "verify" }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RouteSpec {
+    To(String),
+    Table {
+        to: String,
+        #[serde(default)]
+        tls: Option<OutboundTls>,
+    },
+}
+
+impl RouteSpec {
+    pub fn to(&self) -> &str {
+        match self {
+            RouteSpec::To(to) | RouteSpec::Table { to, .. } => to,
+        }
+    }
+
+    pub fn tls(&self) -> Option<OutboundTls> {
+        match self {
+            RouteSpec::To(_) => None,
+            RouteSpec::Table { tls, .. } => *tls,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -193,6 +272,20 @@ impl Default for RelaySection {
             ],
             local_domains: Vec::new(),
             relay_domains: Vec::new(),
+            hold: false,
+            smarthost: None,
+            remote_port: 25,
+            nameservers: Vec::new(),
+            tls: OutboundTls::Opportunistic,
+            tls_ca_file: None,
+            max_connections_per_destination: 20,
+            max_messages_per_connection: 1000,
+            connection_idle_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(30),
+            first_retry: Duration::from_secs(300),
+            max_retry: Duration::from_secs(4000),
+            lifetime: Duration::from_secs(5 * 24 * 3600),
+            routes: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -358,8 +451,74 @@ impl Config {
                 }
             }
         }
+        self.validate_delivery(source)?;
         if self.log.level.trim().is_empty() {
             return Err(invalid("[log] level", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The [relay] keys that steer delivery.
+    fn validate_delivery(&self, source: &Source) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            file: source.to_string(),
+            key,
+            message,
+        };
+        let relay = &self.relay;
+        if let Some(smarthost) = &relay.smarthost {
+            NextHop::parse(smarthost, relay.remote_port)
+                .map_err(|e| invalid("[relay] smarthost", e.to_string()))?;
+        }
+        for (domain, spec) in &relay.routes {
+            let bare = domain.strip_prefix('.').unwrap_or(domain);
+            if bare.is_empty() || domain.contains(|c: char| c.is_whitespace() || c == '@') {
+                return Err(invalid(
+                    "[relay.routes]",
+                    format!("{domain:?} is not a domain"),
+                ));
+            }
+            NextHop::parse(spec.to(), relay.remote_port)
+                .map_err(|e| invalid("[relay.routes]", format!("{domain:?}: {e}")))?;
+        }
+        if relay.remote_port == 0 {
+            return Err(invalid("[relay] remote_port", "must not be 0".into()));
+        }
+        if relay.max_connections_per_destination == 0 {
+            return Err(invalid(
+                "[relay] max_connections_per_destination",
+                "must be at least 1".into(),
+            ));
+        }
+        if relay.max_messages_per_connection == 0 {
+            return Err(invalid(
+                "[relay] max_messages_per_connection",
+                "must be at least 1".into(),
+            ));
+        }
+        for (key, value) in [
+            (
+                "[relay] connection_idle_timeout",
+                relay.connection_idle_timeout,
+            ),
+            ("[relay] connect_timeout", relay.connect_timeout),
+            ("[relay] first_retry", relay.first_retry),
+            ("[relay] max_retry", relay.max_retry),
+            ("[relay] lifetime", relay.lifetime),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than zero".into()));
+            }
+        }
+        if relay.max_retry < relay.first_retry {
+            return Err(invalid(
+                "[relay] max_retry",
+                format!(
+                    "{} is shorter than [relay] first_retry = {}",
+                    humantime::format_duration(relay.max_retry),
+                    humantime::format_duration(relay.first_retry)
+                ),
+            ));
         }
         Ok(())
     }
@@ -493,6 +652,33 @@ mod networks_text {
                     .map_err(|_| {
                         serde::de::Error::custom(format!(
                             "`{text}` is not a network (examples: \"192.0.2.0/24\", \"2001:db8::/32\", \"198.51.100.7\")"
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
+mod addr_list {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(v: &[SocketAddr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|a| a.to_string()))
+    }
+
+    /// "127.0.0.1:5353", or a bare address meaning port 53.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| {
+                text.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        text.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "`{text}` is not an address (examples: \"192.0.2.53\", \"127.0.0.1:5353\", \"[::1]:53\")"
                         ))
                     })
             })
@@ -641,6 +827,47 @@ mod tests {
             .to_string();
         assert!(e.contains("[relay] local_domains"), "{e}");
         assert_eq!(Config::default().relay.mynetworks.len(), 2);
+    }
+
+    #[test]
+    fn delivery_keys_parse_and_bad_ones_are_named() {
+        let c = parse(
+            "[relay]\nhold = true\nsmarthost = \"[192.0.2.1]:2525\"\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n\
+             tls = \"verify\"\nfirst_retry = \"1s\"\nmax_retry = \"4s\"\nlifetime = \"10s\"\n\
+             [relay.routes]\n\"a.example\" = \"mx.a.example:26\"\n\".b.example\" = { to = \"[::1]\", tls = \"off\" }\n",
+        )
+        .unwrap();
+        assert!(c.relay.hold);
+        assert_eq!(c.relay.nameservers[1].to_string(), "[::1]:53");
+        assert_eq!(c.relay.tls, OutboundTls::Verify);
+        assert_eq!(c.relay.routes["a.example"].to(), "mx.a.example:26");
+        assert_eq!(c.relay.routes[".b.example"].tls(), Some(OutboundTls::Off));
+        for (text, key) in [
+            ("[relay]\nsmarthost = \"host:0\"\n", "[relay] smarthost"),
+            (
+                "[relay.routes]\n\"a.example\" = \"a b\"\n",
+                "[relay.routes]",
+            ),
+            ("[relay]\nremote_port = 0\n", "[relay] remote_port"),
+            (
+                "[relay]\nmax_connections_per_destination = 0\n",
+                "[relay] max_connections_per_destination",
+            ),
+            (
+                "[relay]\nfirst_retry = \"10m\"\nmax_retry = \"1m\"\n",
+                "[relay] max_retry",
+            ),
+            ("[relay]\nlifetime = \"0s\"\n", "[relay] lifetime"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = parse("[relay]\ntls = \"maybe\"\n").unwrap_err().to_string();
+        assert!(e.contains("tls"), "{e}");
+        let e = parse("[relay]\nnameservers = [\"dns.example\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dns.example"), "{e}");
     }
 
     #[test]

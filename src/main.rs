@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tern::config::{Config, LogFormat, Source};
+use tern::runtime::admin::{send_command, AdminCommand};
 
 #[derive(Parser)]
 #[command(name = "tern", version, about = "High-throughput durable SMTP relay")]
@@ -28,7 +29,8 @@ enum Command {
     Run,
     /// Validate the configuration and exit: 0 when it is usable.
     CheckConfig,
-    /// Inspect the queue (reads the spool folder; safe while tern runs).
+    /// Inspect the queue (list/show read the spool folder; safe while tern
+    /// runs) or steer the running server (release/flush).
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -47,6 +49,11 @@ enum QueueCommand {
         /// Queue ID as printed by `queue list` and in the 250 reply.
         id: String,
     },
+    /// Let the running server deliver every message held by `[relay] hold`
+    /// (new mail stays held while hold is on).
+    Release,
+    /// Make the running server retry every deferred message now.
+    Flush,
 }
 
 fn main() -> ExitCode {
@@ -135,6 +142,10 @@ fn check_config(path: Option<&Path>) -> Result<()> {
     if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
         tern::runtime::tls::load_server_config(cert, key).with_context(|| source.to_string())?;
     }
+    if let Some(ca) = &config.relay.tls_ca_file {
+        tern::runtime::outbound::roots_from_pem(ca)
+            .with_context(|| format!("{source}: [relay] tls_ca_file"))?;
+    }
     println!("{source}: ok");
     Ok(())
 }
@@ -142,6 +153,16 @@ fn check_config(path: Option<&Path>) -> Result<()> {
 fn queue(path: Option<&Path>, command: QueueCommand) -> Result<()> {
     let (config, _) = load(path)?;
     let dir = &config.spool.dir;
+    let admin = match command {
+        QueueCommand::Release => Some((AdminCommand::Release, "released")),
+        QueueCommand::Flush => Some((AdminCommand::Flush, "flushed")),
+        _ => None,
+    };
+    if let Some((command, done)) = admin {
+        let count = send_command(dir, command).map_err(anyhow::Error::msg)?;
+        println!("{done} {count} message(s)");
+        return Ok(());
+    }
     let messages = tern::spool::Spool::scan_readonly(dir)
         .with_context(|| format!("[spool] dir = {}", dir.display()))?;
     let mut out = std::io::stdout().lock();
@@ -165,6 +186,7 @@ fn queue(path: Option<&Path>, command: QueueCommand) -> Result<()> {
             out.write_all(tern::queue_report::details(m).as_bytes())?;
             out.write_all(m.data())?;
         }
+        QueueCommand::Release | QueueCommand::Flush => {}
     }
     out.flush()?;
     Ok(())

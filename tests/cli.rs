@@ -21,7 +21,8 @@ fn check_config_accepts_the_example() {
             &dir.path().join("spool").display().to_string(),
         )
         .replace("cert = ", "# cert = ")
-        .replace("key = ", "# key = ");
+        .replace("key = ", "# key = ")
+        .replace("tls_ca_file = ", "# tls_ca_file = ");
     let path = dir.path().join("tern.toml");
     std::fs::write(&path, text).unwrap();
     let out = tern(&["check-config", "-c", path.to_str().unwrap()]);

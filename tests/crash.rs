@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{data_frame, queue_id_of, spawn_tern, RawClient};
+use common::{data_frame, queue_id_of, queue_list_json, spawn_tern, RawClient};
 
 const CLIENTS: usize = 24;
 /// Stop sending after this many acknowledgements even if the kill is late.
@@ -24,7 +24,7 @@ fn write_config(dir: &Path, io: &str) -> std::path::PathBuf {
         "[server]\nworkers = 2\nio = \"{io}\"\nhostname = \"crash.test\"\n\
          [smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\nmax_message_size = \"64KiB\"\nmax_recipients = 100\n\
          [spool]\ndir = \"{}\"\nsegment_size = \"512KiB\"\n\
-         [metrics]\nlisten = \"\"\n[log]\nlevel = \"info\"\n",
+         [relay]\nhold = true\n[metrics]\nlisten = \"\"\n[log]\nlevel = \"info\"\n",
         dir.join("spool").display()
     );
     std::fs::write(&path, text).unwrap();
@@ -138,17 +138,7 @@ fn kill_9_under_load(io: &str) {
     c.cmd("QUIT").unwrap();
 
     // The offline tools agree with what was acknowledged.
-    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
-        .args(["queue", "list", "--json", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = queue_list_json(&config);
     let listed_ids: std::collections::HashSet<String> = listed
         .as_array()
         .unwrap()

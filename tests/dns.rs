@@ -1,22 +1,18 @@
 //! MX routing against a real DNS server: an in-process hickory-server on
-//! 127.0.0.1 (UDP, port 0) serving an in-memory zone, with an `MxResolver`
-//! pointed at it. Also a server that only answers SERVFAIL and one that
+//! 127.0.0.1 (UDP, port 0) serving an in-memory zone (tests/common/dns_zone.rs),
+//! with an `MxResolver` pointed at it. Also a server that only answers SERVFAIL and one that
 //! never answers.
 //!
 //! Nothing here may leave 127.0.0.1 or wait longer than a few seconds.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
-use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_server::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
-use hickory_server::Server;
+use common::dns_zone::{a, aaaa, mx, serve_servfail, serve_zone, soa};
+use hickory_server::proto::rr::Record;
 use tern::relay::dns::{DnsConfig, MxResolver, MxRoute, RouteError};
 use tokio::net::UdpSocket;
 
@@ -25,111 +21,44 @@ const ZONE: &str = "test.";
 const NEGATIVE_TTL: u32 = 120;
 const QUERY_TIMEOUT: Duration = Duration::from_millis(300);
 
-fn name(text: &str) -> Name {
-    Name::from_str(text).unwrap()
+fn loopback(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
 }
 
 fn zone_records() -> Vec<Record> {
-    let mx = |owner: &str, preference: u16, exchange: &str| {
-        Record::from_rdata(
-            name(owner),
-            300,
-            RData::MX(MX::new(preference, name(exchange))),
-        )
-    };
-    let a = |owner: &str, last: u8| {
-        Record::from_rdata(
-            name(owner),
-            300,
-            RData::A(A(Ipv4Addr::new(127, 0, 0, last))),
-        )
-    };
-    let aaaa =
-        |owner: &str| Record::from_rdata(name(owner), 300, RData::AAAA(AAAA(Ipv6Addr::LOCALHOST)));
     vec![
-        Record::from_rdata(
-            name(ZONE),
-            3600,
-            RData::SOA(SOA::new(
-                name("ns.test."),
-                name("hostmaster.test."),
-                1,
-                3600,
-                600,
-                86400,
-                NEGATIVE_TTL,
-            )),
-        ),
+        soa(ZONE, NEGATIVE_TTL),
         // Two preferences, fallback host listed first to prove sorting.
         mx("ordered.test.", 20, "backup.ordered.test."),
         mx("ordered.test.", 10, "primary.ordered.test."),
-        a("primary.ordered.test.", 10),
-        a("backup.ordered.test.", 20),
-        aaaa("backup.ordered.test."),
+        a("primary.ordered.test.", loopback(10)),
+        a("backup.ordered.test.", loopback(20)),
+        aaaa("backup.ordered.test.", Ipv6Addr::LOCALHOST),
         // Three hosts at one preference, one behind them.
         mx("equal.test.", 10, "a.equal.test."),
         mx("equal.test.", 10, "b.equal.test."),
         mx("equal.test.", 10, "c.equal.test."),
         mx("equal.test.", 50, "last.equal.test."),
-        a("a.equal.test.", 31),
-        a("b.equal.test.", 32),
-        a("c.equal.test.", 33),
-        a("last.equal.test.", 34),
+        a("a.equal.test.", loopback(31)),
+        a("b.equal.test.", loopback(32)),
+        a("c.equal.test.", loopback(33)),
+        a("last.equal.test.", loopback(34)),
         // No MX: the domain's own addresses (implicit MX).
-        a("implicit.test.", 40),
-        aaaa("implicit.test."),
+        a("implicit.test.", loopback(40)),
+        aaaa("implicit.test.", Ipv6Addr::LOCALHOST),
         // RFC 7505 null MX.
         mx("nullmx.test.", 0, "."),
         // MX whose host has no address.
         mx("noaddress.test.", 10, "ghost.noaddress.test."),
         // empty.test exists (a name below it does) but has neither MX nor A.
-        a("www.empty.test.", 50),
+        a("www.empty.test.", loopback(50)),
     ]
 }
 
-/// Starts the authoritative server; returns its address. It lives as long
-/// as the test's runtime.
+/// The authoritative server for the test zone; it lives as long as the
+/// test's runtime.
 async fn start_zone_server() -> SocketAddr {
-    let origin = name(ZONE);
-    let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
-        origin.clone(),
-        ZoneType::Primary,
-        AxfrPolicy::Deny,
-    );
-    for record in zone_records() {
-        assert!(zone.upsert_mut(record, 1));
-    }
-    let mut catalog = Catalog::new();
-    catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let mut server = Server::new(catalog);
-    server.register_socket(socket);
-    // The server's tasks run on the runtime; keep the handle alive with it.
-    tokio::spawn(async move {
-        let _finished = server.block_until_done().await;
-    });
-    addr
-}
-
-/// A server that answers every query with SERVFAIL (header flags rewritten,
-/// question echoed).
-async fn start_servfail_server() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 1500];
-        while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
-            if len < 12 {
-                continue;
-            }
-            let mut reply = buf[..len].to_vec();
-            reply[2] = 0x80 | (reply[2] & 0x79); // QR=1, keep opcode and RD
-            reply[3] = 0x80 | 2; // RA=1, RCODE=SERVFAIL
-            let _sent = socket.send_to(&reply, peer).await;
-        }
-    });
-    addr
+    serve_zone(ZONE, zone_records()).await
 }
 
 fn resolver_for(server: SocketAddr) -> MxResolver {
@@ -245,7 +174,7 @@ async fn mx_host_without_address_is_permanent() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn servfail_is_temporary_and_cached_briefly() {
-    let resolver = resolver_for(start_servfail_server().await);
+    let resolver = resolver_for(serve_servfail().await);
     let error = resolver.route("example.test").await.unwrap_err();
     assert!(matches!(error, RouteError::Temporary(_)), "{error:?}");
     assert!(!error.is_permanent());

@@ -1,6 +1,7 @@
 //! Metrics as an operator scrapes them: the real binary serves `/metrics`,
-//! the ingest counters move when a message is accepted, and every metric
-//! the Grafana dashboard queries is one tern actually exports.
+//! the ingest counters move when a message is accepted, the relay ones when
+//! it is delivered (MX from an in-process DNS zone, to an in-process sink),
+//! and every metric the Grafana dashboard queries is one tern exports.
 
 mod common;
 
@@ -9,6 +10,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::dns_zone::{a, mx, soa, ZoneThread};
+use common::sink::{wait_for, Sink, SinkConfig};
 use common::{data_frame, spawn_tern, RawClient};
 
 fn free_port() -> u16 {
@@ -64,13 +67,26 @@ fn dashboard_metric_names() -> BTreeSet<String> {
 fn metrics_move_and_dashboard_names_exist() {
     let dir = tempfile::tempdir().unwrap();
     let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let sink = Sink::start(SinkConfig::default());
+    let dns = ZoneThread::start(
+        "test.",
+        vec![
+            soa("test.", 1),
+            mx("metrics.test.", 10, "mx.metrics.test."),
+            a("mx.metrics.test.", "127.0.0.1".parse().unwrap()),
+        ],
+    );
     let config = dir.path().join("t.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\nworkers = 1\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\n\
-             [spool]\ndir = \"{}\"\nsegment_size = \"32MiB\"\n[metrics]\nlisten = \"{metrics_addr}\"\n",
-            dir.path().join("spool").display()
+             [spool]\ndir = \"{}\"\nsegment_size = \"32MiB\"\n\
+             [relay]\nnameservers = [\"{}\"]\nremote_port = {}\nconnection_idle_timeout = \"200ms\"\n\
+             [metrics]\nlisten = \"{metrics_addr}\"\n",
+            dir.path().join("spool").display(),
+            dns.addr,
+            sink.port()
         ),
     )
     .unwrap();
@@ -82,14 +98,33 @@ fn metrics_move_and_dashboard_names_exist() {
     let (mut c, _) = RawClient::connect(smtp).unwrap();
     c.cmd("EHLO metrics.test").unwrap();
     c.cmd("MAIL FROM:<a@example.org>").unwrap();
-    c.cmd("RCPT TO:<b@example.net>").unwrap();
+    c.cmd("RCPT TO:<b@metrics.test>").unwrap();
     c.cmd("DATA").unwrap();
     c.send(&data_frame(b"Subject: m\r\n\r\nhi\r\n")).unwrap();
     assert_eq!(c.read_reply().unwrap().code, 250);
     c.cmd("QUIT").unwrap();
 
+    assert_eq!(sink.wait_for_messages(1, Duration::from_secs(10)).len(), 1);
+    // The connection closes after the idle timeout: that records its
+    // messages-per-connection observation.
+    assert!(wait_for(Duration::from_secs(10), || {
+        value(&scrape(metrics_addr), "tern_outbound_connections_active") == 0.0
+    }));
     let after = scrape(metrics_addr);
     assert_eq!(value(&after, "tern_messages_accepted_total"), 1.0);
+    assert_eq!(
+        value(
+            &after,
+            "tern_delivery_attempts_total{result=\"delivered\",class=\"2xx\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&after, "tern_delivery_latency_seconds_count"), 1.0);
+    assert_eq!(
+        value(&after, "tern_outbound_messages_per_connection_sum"),
+        1.0
+    );
+    assert!(value(&after, "tern_dns_lookups_total{result=\"ok\"}") >= 1.0);
     assert!(value(&after, "tern_spool_syncs_total") >= 1.0);
     assert!(value(&after, "tern_connections_total{listener=\"smtp\"}") >= 1.0);
     assert!(value(&after, "tern_smtp_replies_total{class=\"2xx\"}") >= 4.0);

@@ -56,6 +56,7 @@ fuzz_target!(|input: &[u8]| {
                 ClientEvent::Ready if !sent => {
                     sent = true;
                     let tx = OutboundTransaction {
+                        trace: &[],
                         envelope: &envelope,
                         recipients: vec![0, 1],
                         data,

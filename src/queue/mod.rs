@@ -6,3 +6,5 @@
 
 pub mod dsn;
 pub mod retry;
+pub mod scheduler;
+pub mod settle;

@@ -3,6 +3,12 @@
 //!
 //! This module only groups its children; it must never hold logic of its own.
 
+pub mod connection;
+pub mod delivery;
 mod destination;
 pub mod dns;
+pub mod early_route;
 mod expiring_cache;
+pub mod next_hop;
+pub mod pool;
+pub mod routing;

@@ -5,6 +5,7 @@
 //! This module must never hold protocol logic; it binds, spawns, drives
 //! and shuts down.
 
+pub mod admin;
 pub mod listener;
 pub mod outbound;
 pub mod smtp_conn;
@@ -21,11 +22,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, IoMode};
+use crate::config::{Config, IoMode, OutboundTls};
+use crate::queue::retry::RetryPolicy;
+use crate::queue::scheduler::Scheduler;
+use crate::relay::connection::Connector;
+use crate::relay::delivery::{self, Relay, RelaySettings};
+use crate::relay::dns::{DnsConfig, MxResolver};
+use crate::relay::early_route::EarlyRoute;
+use crate::relay::pool::ConnectionPool;
+use crate::relay::routing::RouteTable;
 use crate::smtp::{RelayAccess, SessionConfig};
-use crate::spool::{Spool, SpoolConfig, SpoolError};
+use crate::spool::{QueueId, RecipientState, Spool, SpoolConfig, SpoolError};
+use admin::{AdminCommand, AdminRequest, AdminSocket};
 use listener::{Acceptor, BoundAddress, ListenerKind};
+use outbound::{CertCheck, TokioConnector, UringConnector};
 use smtp_conn::CoreContext;
+
+/// Per query attempt; hickory's default.
+const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts per query (hickory's default), across the configured servers.
+const DNS_QUERY_ATTEMPTS: usize = 2;
 
 /// The I/O driver a server runs on, after `auto` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +88,14 @@ pub enum StartError {
     Tls(#[from] tls::TlsSetupError),
     #[error("core {core}: {message}")]
     Core { core: usize, message: String },
+    #[error("{key}: {message}")]
+    Relay { key: &'static str, message: String },
+    #[error("admin socket in {dir}: {source}")]
+    Admin {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running server. Dropping it does not stop it; call `shutdown`.
@@ -82,12 +106,16 @@ pub struct ServerHandle {
     pub spool: Arc<Spool>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
+    admin: Option<AdminSocket>,
 }
 
 impl ServerHandle {
     /// Stop accepting, let sessions finish for up to the configured
     /// shutdown timeout, then close the spool (pending syncs complete).
-    pub fn shutdown(self) {
+    pub fn shutdown(mut self) {
+        if let Some(admin) = self.admin.take() {
+            admin.stop();
+        }
         let _ = self.shutdown.send(true);
         for thread in self.threads {
             if thread.join().is_err() {
@@ -109,6 +137,15 @@ struct CoreSetup {
     shutdown: watch::Receiver<bool>,
     shutdown_timeout: Duration,
     ready: mpsc::Sender<Result<(), String>>,
+    relay: CoreRelay,
+}
+
+/// What one core's delivery worker is built from.
+struct CoreRelay {
+    parts: RelayParts,
+    /// Messages recovered from the spool that this core delivers.
+    recovered: Vec<(QueueId, Vec<RecipientState>)>,
+    admin: tokio::sync::mpsc::UnboundedReceiver<AdminRequest>,
 }
 
 /// Open the spool (recovering it), bind every listener on every core and
@@ -165,6 +202,18 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         source,
     })?;
 
+    let relay_parts = RelayParts::from_config(config, cores)?;
+    delivery::register_metrics();
+    // Each core delivers the recovered messages of some segments: spread
+    // by segment so that the cores share the backlog after a restart.
+    let mut recovered: Vec<Vec<(QueueId, Vec<RecipientState>)>> =
+        (0..cores).map(|_| Vec::new()).collect();
+    for message in spool.queued() {
+        let core = (message.id.segment_seq() % cores as u64) as usize;
+        recovered[core].push((message.id, message.states));
+    }
+    let mut admin_senders = Vec::with_capacity(cores);
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut per_core: Vec<Vec<(ListenerKind, std::net::TcpListener)>> =
@@ -175,8 +224,11 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         }
     }
     let mut threads = Vec::with_capacity(cores);
-    for (core, listeners) in per_core.into_iter().enumerate() {
+    for ((core, listeners), recovered) in per_core.into_iter().enumerate().zip(recovered) {
+        let (admin_tx, admin_rx) = tokio::sync::mpsc::unbounded_channel();
+        admin_senders.push(admin_tx);
         let setup = CoreSetup {
+            relay: relay_parts.for_core(recovered, admin_rx),
             core,
             driver,
             listeners,
@@ -197,13 +249,14 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         threads.push(thread);
     }
     drop(ready_tx);
-    let handle = ServerHandle {
+    let mut handle = ServerHandle {
         smtp_addrs,
         submission_addrs,
         driver,
         spool,
         shutdown: shutdown_tx,
         threads,
+        admin: None,
     };
     for core in 0..cores {
         match ready_rx.recv() {
@@ -221,15 +274,109 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             }
         }
     }
+    match AdminSocket::start(&config.spool.dir, admin_senders) {
+        Ok(admin) => handle.admin = Some(admin),
+        Err(source) => {
+            handle.shutdown();
+            return Err(StartError::Admin {
+                dir: config.spool.dir.display().to_string(),
+                source,
+            });
+        }
+    }
     info!(
         cores,
         io = driver.name(),
+        hold = config.relay.hold,
         smtp = ?handle.smtp_addrs,
         submission = ?handle.submission_addrs,
         starttls = session_config.starttls_available,
         "tern accepting"
     );
     Ok(handle)
+}
+
+/// The relay settings every core shares, checked once at start.
+#[derive(Clone)]
+struct RelayParts {
+    hold: bool,
+    routes: RouteTable,
+    dns: DnsConfig,
+    retry: RetryPolicy,
+    connect_timeout: Duration,
+    per_destination: usize,
+    max_messages_per_connection: usize,
+    idle_timeout: Duration,
+    hostname: String,
+    tls_any: Arc<rustls::ClientConfig>,
+    tls_verified: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl RelayParts {
+    fn from_config(config: &Config, cores: usize) -> Result<RelayParts, StartError> {
+        let relay = &config.relay;
+        let routes = RouteTable::new(relay).map_err(|e| StartError::Relay {
+            key: "[relay.routes]",
+            message: e.to_string(),
+        })?;
+        let verify_wanted = relay.tls == OutboundTls::Verify
+            || relay
+                .routes
+                .values()
+                .any(|r| r.tls() == Some(OutboundTls::Verify));
+        let tls_verified = if verify_wanted {
+            let roots = match &relay.tls_ca_file {
+                Some(path) => outbound::roots_from_pem(path).map_err(|e| StartError::Relay {
+                    key: "[relay] tls_ca_file",
+                    message: e.to_string(),
+                })?,
+                None => outbound::system_roots().map_err(|e| StartError::Relay {
+                    key: "[relay] tls",
+                    message: format!(
+                        "\"verify\" needs trust anchors: {e}; set [relay] tls_ca_file"
+                    ),
+                })?,
+            };
+            Some(outbound::client_config(CertCheck::Roots(Arc::new(roots))))
+        } else {
+            None
+        };
+        Ok(RelayParts {
+            hold: relay.hold,
+            routes,
+            dns: DnsConfig {
+                nameservers: (!relay.nameservers.is_empty()).then(|| relay.nameservers.clone()),
+                timeout: DNS_QUERY_TIMEOUT,
+                attempts: DNS_QUERY_ATTEMPTS,
+            },
+            retry: RetryPolicy {
+                first_retry: relay.first_retry,
+                max_retry: relay.max_retry,
+                lifetime: relay.lifetime,
+            },
+            connect_timeout: relay.connect_timeout,
+            // The server-wide limit split over the cores, rounded up so
+            // that every core can reach every destination.
+            per_destination: relay.max_connections_per_destination.div_ceil(cores),
+            max_messages_per_connection: relay.max_messages_per_connection,
+            idle_timeout: relay.connection_idle_timeout,
+            hostname: config.hostname(),
+            tls_any: outbound::client_config(CertCheck::None),
+            tls_verified,
+        })
+    }
+
+    fn for_core(
+        &self,
+        recovered: Vec<(QueueId, Vec<RecipientState>)>,
+        admin: tokio::sync::mpsc::UnboundedReceiver<AdminRequest>,
+    ) -> CoreRelay {
+        CoreRelay {
+            parts: self.clone(),
+            recovered,
+            admin,
+        }
+    }
 }
 
 fn addrs_of(bound: &[BoundAddress], kind: ListenerKind) -> Vec<SocketAddr> {
@@ -252,7 +399,11 @@ fn run_core(setup: CoreSetup) {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(
                     &rt,
-                    core_main(setup, |l| tokio::net::TcpListener::from_std(l)),
+                    core_main(
+                        setup,
+                        |l| tokio::net::TcpListener::from_std(l),
+                        TokioConnector,
+                    ),
                 );
             }),
         Driver::Uring => tokio_uring::Runtime::new(&tokio_uring::builder())
@@ -262,9 +413,11 @@ fn run_core(setup: CoreSetup) {
                 )
             })
             .map(|rt| {
-                rt.block_on(core_main(setup, |l| {
-                    Ok(tokio_uring::net::TcpListener::from_std(l))
-                }))
+                rt.block_on(core_main(
+                    setup,
+                    |l| Ok(tokio_uring::net::TcpListener::from_std(l)),
+                    UringConnector,
+                ))
             }),
     };
     if let Err(message) = outcome {
@@ -273,12 +426,13 @@ fn run_core(setup: CoreSetup) {
     }
 }
 
-/// The body of one core: a spool writer, one accept loop per listener, and
-/// the shutdown wait.
-async fn core_main<A, F>(setup: CoreSetup, adopt: F)
+/// The body of one core: a spool writer, one accept loop per listener, the
+/// delivery worker, and the shutdown wait.
+async fn core_main<A, F, C>(setup: CoreSetup, adopt: F, connector: C)
 where
     A: Acceptor + 'static,
     F: Fn(std::net::TcpListener) -> std::io::Result<A>,
+    C: Connector + 'static,
 {
     let CoreSetup {
         core,
@@ -289,6 +443,7 @@ where
         mut shutdown,
         shutdown_timeout,
         ready,
+        relay,
         ..
     } = setup;
     let writer = match spool.writer(core) {
@@ -298,11 +453,52 @@ where
             return;
         }
     };
+    let writer = Rc::new(RefCell::new(writer));
+    let CoreRelay {
+        parts,
+        recovered,
+        admin,
+    } = relay;
+    let scheduler = Rc::new(Scheduler::new(parts.hold));
+    let resolver = match MxResolver::new(&parts.dns) {
+        Ok(r) => Rc::new(r),
+        Err(e) => {
+            let _ = ready.send(Err(format!("[relay] nameservers: {e}")));
+            return;
+        }
+    };
+    schedule_recovered(&scheduler, recovered);
+    let routes = Rc::new(parts.routes);
+    let recipient_hook = Rc::new(EarlyRoute::new(Rc::clone(&resolver), Rc::clone(&routes)));
+    let delivery = Rc::new(Relay::new(
+        RelaySettings {
+            hostname: parts.hostname,
+            routes,
+            retry: parts.retry,
+            connect_timeout: parts.connect_timeout,
+            tls_any: parts.tls_any,
+            tls_verified: parts.tls_verified,
+        },
+        Rc::clone(&scheduler),
+        Arc::clone(&spool),
+        Rc::clone(&writer),
+        Rc::clone(&resolver),
+        Rc::new(ConnectionPool::new(
+            parts.per_destination,
+            parts.max_messages_per_connection,
+            parts.idle_timeout,
+        )),
+        connector,
+    ));
+    let delivery_loop = tokio::task::spawn_local(delivery.run(shutdown.clone()));
+    tokio::task::spawn_local(serve_admin(admin, Rc::clone(&scheduler)));
     let ctx = Rc::new(CoreContext {
         core,
         session_config,
         tls,
-        spool: RefCell::new(writer),
+        spool: writer,
+        scheduler: Rc::clone(&scheduler),
+        recipient_hook,
     });
     let active = Rc::new(Cell::new(0usize));
     let mut accept_loops = Vec::new();
@@ -334,15 +530,51 @@ where
         task.abort();
     }
     let deadline = Instant::now() + shutdown_timeout;
-    while active.get() > 0 && Instant::now() < deadline {
+    while (active.get() > 0 || scheduler.active() > 0) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if active.get() > 0 {
+    if active.get() > 0 || scheduler.active() > 0 {
         warn!(
             core = ctx.core,
             sessions = active.get(),
-            "shutdown timeout: closing open sessions"
+            deliveries = scheduler.active(),
+            "shutdown timeout: closing open sessions and deliveries (they are retried after restart)"
         );
+    }
+    let _ = delivery_loop.await;
+}
+
+/// Queue what the spool held at start: recipients still pending go now
+/// (or wait for a release under hold), deferred ones keep their time.
+fn schedule_recovered(scheduler: &Scheduler, recovered: Vec<(QueueId, Vec<RecipientState>)>) {
+    for (id, states) in recovered {
+        let pending = states.iter().any(|s| matches!(s, RecipientState::Pending));
+        let next_retry = states
+            .iter()
+            .filter_map(|s| match s {
+                RecipientState::Deferred { until_ms, .. } => Some(*until_ms),
+                _ => None,
+            })
+            .min();
+        match (pending, next_retry) {
+            (true, _) => scheduler.submit(id),
+            (false, Some(until_ms)) => scheduler.defer(id, until_ms),
+            (false, None) => {}
+        }
+    }
+}
+
+/// Answer admin commands for this core.
+async fn serve_admin(
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<AdminRequest>,
+    scheduler: Rc<Scheduler>,
+) {
+    while let Some(request) = requests.recv().await {
+        let count = match request.command {
+            AdminCommand::Release => scheduler.release(),
+            AdminCommand::Flush => scheduler.flush(),
+        };
+        let _ = request.reply.send(count);
     }
 }
 

@@ -21,6 +21,7 @@ use tracing::warn;
 
 use super::tls::{tls_error, RecordPump};
 use super::transport::{TokioStream, Transport, UringStream};
+use crate::relay::connection::Connector;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
@@ -43,6 +44,28 @@ pub async fn connect_uring(addr: SocketAddr, timeout: Duration) -> io::Result<Ur
     let stream = connect_within(addr, timeout, tokio_uring::net::TcpStream::connect(addr)).await?;
     stream.set_nodelay(true)?;
     Ok(UringStream(stream))
+}
+
+/// Outbound connections on the plain tokio driver.
+pub struct TokioConnector;
+
+impl Connector for TokioConnector {
+    type Stream = TokioStream;
+
+    async fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<TokioStream> {
+        connect_tokio(addr, timeout).await
+    }
+}
+
+/// Outbound connections on the tokio-uring driver.
+pub struct UringConnector;
+
+impl Connector for UringConnector {
+    type Stream = UringStream;
+
+    async fn connect(&self, addr: SocketAddr, timeout: Duration) -> io::Result<UringStream> {
+        connect_uring(addr, timeout).await
+    }
 }
 
 /// Run a connect attempt under `timeout`, naming the address in the error.

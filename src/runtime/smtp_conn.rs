@@ -18,8 +18,9 @@ use tracing::{debug, info, warn};
 use super::listener::ListenerKind;
 use super::tls::TlsStream;
 use super::transport::{Transport, READ_CHUNK};
+use crate::queue::scheduler::Scheduler;
 use crate::smtp::reply::REPLY_CLASSES;
-use crate::smtp::{IncomingMessage, ServerSession, SessionConfig, SessionEvent};
+use crate::smtp::{IncomingMessage, RecipientHook, ServerSession, SessionConfig, SessionEvent};
 use crate::spool::{QueueId, SpoolError, SpoolWriter};
 
 /// What every connection on one core shares. Lives on that core only.
@@ -27,7 +28,12 @@ pub struct CoreContext {
     pub core: usize,
     pub session_config: Arc<SessionConfig>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub spool: RefCell<SpoolWriter>,
+    /// Shared with this core's delivery worker (recipient updates, DSNs).
+    pub spool: Rc<RefCell<SpoolWriter>>,
+    /// Where a durable message goes to be delivered.
+    pub scheduler: Rc<Scheduler>,
+    /// Consulted at RCPT: the early MX lookup and null MX refusal.
+    pub recipient_hook: Rc<dyn RecipientHook>,
 }
 
 impl CoreContext {
@@ -84,7 +90,13 @@ pub fn register_metrics(kinds: &[ListenerKind]) {
     metrics::counter!("tern_message_bytes_accepted_total").increment(0);
     metrics::counter!("tern_smtp_timeouts_total").increment(0);
     metrics::counter!("tern_smtp_relay_denied_total").increment(0);
-    for reason in ["bare_line_ending", "line_too_long", "too_large", "spool"] {
+    for reason in [
+        "bare_line_ending",
+        "line_too_long",
+        "too_large",
+        "hops",
+        "spool",
+    ] {
         metrics::counter!("tern_smtp_messages_rejected_total", "reason" => reason).increment(0);
     }
 }
@@ -143,7 +155,8 @@ pub async fn serve<T: Transport>(
     ctx: Rc<CoreContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut session = ServerSession::new(ctx.session_config.clone(), peer.ip(), false);
+    let mut session = ServerSession::new(ctx.session_config.clone(), peer.ip(), false)
+        .with_recipient_hook(Rc::clone(&ctx.recipient_hook));
     let mut stream = Stream::Plain(transport);
     let mut in_buf = Vec::with_capacity(READ_CHUNK);
     let mut out_buf = Vec::with_capacity(1024);
@@ -206,6 +219,7 @@ pub async fn serve<T: Transport>(
                             "message accepted"
                         );
                         session.message_stored(Ok(id.to_string()));
+                        ctx.scheduler.submit(id);
                     }
                     Err(e) => {
                         metrics::counter!("tern_smtp_messages_rejected_total", "reason" => "spool")

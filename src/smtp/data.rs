@@ -37,6 +37,13 @@ pub enum ContentError {
     LineTooLong,
     #[error("message larger than the maximum size")]
     TooLarge,
+    /// Found in the complete message by [`super::trace::too_many_hops`],
+    /// never by the decoder.
+    #[error(
+        "more than {} Received: fields (RFC 5321 6.3: mail loop?)",
+        super::trace::RECEIVED_HOPS_MAX
+    )]
+    TooManyHops,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,11 @@ pub mod data;
 pub mod relay_access;
 pub mod reply;
 pub mod session;
+pub mod trace;
 
 pub use command::{parse_command, Command, CommandError};
 pub use data::{ContentError, DataDecoder, Framing};
 pub use relay_access::RelayAccess;
 pub use reply::{EnhancedStatus, Reply};
-pub use session::{IncomingMessage, ServerSession, SessionConfig, SessionEvent};
+pub use session::{IncomingMessage, RecipientHook, ServerSession, SessionConfig, SessionEvent};
+pub use trace::received_header;

@@ -13,13 +13,13 @@ use ipnet::IpNet;
 /// A domain entry: `example.org` matches that domain only, `.example.org`
 /// every subdomain of it (not the domain itself), as Postfix lists do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum DomainPattern {
+pub(crate) enum DomainPattern {
     Exact(String),
     Subdomains(String),
 }
 
 impl DomainPattern {
-    fn parse(text: &str) -> DomainPattern {
+    pub(crate) fn parse(text: &str) -> DomainPattern {
         let lower = text.trim().trim_end_matches('.').to_ascii_lowercase();
         match lower.strip_prefix('.') {
             Some(parent) => DomainPattern::Subdomains(format!(".{parent}")),
@@ -27,7 +27,8 @@ impl DomainPattern {
         }
     }
 
-    fn matches(&self, domain: &str) -> bool {
+    /// `domain` in lower case without a trailing dot.
+    pub(crate) fn matches(&self, domain: &str) -> bool {
         match self {
             DomainPattern::Exact(d) => d == domain,
             DomainPattern::Subdomains(suffix) => domain.ends_with(suffix.as_str()),

@@ -9,7 +9,9 @@
 //! a smuggled end of data, and must never hold more input than one command
 //! line or the message being assembled.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use super::command::{parse_command, Command, CommandError, MailFrom, RcptTo, COM
 use super::data::{ContentError, DataDecoder, Framing};
 use super::relay_access::RelayAccess;
 use super::reply::{class_label, EnhancedStatus, Reply};
+use super::trace::too_many_hops;
 use crate::envelope::{ClientInfo, Envelope, Recipient};
 use crate::spool::SpoolError;
 
@@ -48,6 +51,40 @@ pub struct SessionConfig {
     pub data_timeout: Duration,
     /// Which recipients a client may give (no open relay).
     pub relay_access: RelayAccess,
+}
+
+/// Consulted for every recipient that the relay access policy allowed,
+/// before the 250. Must answer at once from memory (it may start background
+/// work, e.g. a DNS prefetch): the session stays sans-IO and never waits.
+pub trait RecipientHook {
+    /// `domain` is the domain part as received (may be an address literal); `None` accepts.
+    fn check_recipient(&self, address: &str, domain: &str) -> Option<Reply>;
+}
+
+/// The session's optional [`RecipientHook`]; its own type so that the
+/// session stays `Debug` (a trait object has no `Debug`).
+#[derive(Default)]
+struct HookSlot(Option<Rc<dyn RecipientHook>>);
+
+impl HookSlot {
+    /// The hook's reply refusing `recipient`, if there is a hook and it
+    /// refuses. The domainless `<Postmaster>` (RFC 5321 4.5.1) has no
+    /// domain to judge and never reaches the hook.
+    fn refusal(&self, recipient: &str) -> Option<Reply> {
+        let hook = self.0.as_ref()?;
+        let (_, domain) = recipient.rsplit_once('@')?;
+        hook.check_recipient(recipient, domain)
+    }
+}
+
+impl fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(RecipientHook)"
+        } else {
+            "None"
+        })
+    }
 }
 
 /// What the runtime must do after [`ServerSession::poll`].
@@ -112,6 +149,9 @@ struct Greeting {
 struct Transaction {
     mail: MailFrom,
     recipients: Vec<Recipient>,
+    /// RCPTs refused by policy (relay access, recipient limit, hook): with
+    /// none accepted, the content gets `no valid recipients`, not `need RCPT`.
+    refused_recipients: usize,
     /// Set once BDAT was used: decodes all chunks of the transaction.
     chunks: Option<DataDecoder>,
     data: Vec<u8>,
@@ -130,6 +170,7 @@ pub struct ServerSession {
     config: Arc<SessionConfig>,
     peer_ip: IpAddr,
     tls_active: bool,
+    recipient_hook: HookSlot,
     phase: Phase,
     greeting: Option<Greeting>,
     transaction: Option<Transaction>,
@@ -160,6 +201,7 @@ impl ServerSession {
             config,
             peer_ip,
             tls_active,
+            recipient_hook: HookSlot::default(),
             phase: Phase::Command,
             greeting: None,
             transaction: None,
@@ -171,6 +213,13 @@ impl ServerSession {
         let banner = format!("{} ESMTP tern", session.config.hostname);
         session.send(&Reply::plain(220, banner));
         session
+    }
+
+    /// Consult `hook` for every recipient the relay access policy allows;
+    /// a reply from it refuses that recipient (the transaction goes on).
+    pub fn with_recipient_hook(mut self, hook: Rc<dyn RecipientHook>) -> Self {
+        self.recipient_hook = HookSlot(Some(hook));
+        self
     }
 
     /// Append bytes read from the peer. Never fails; may be called with any bytes.
@@ -453,6 +502,7 @@ impl ServerSession {
                 self.transaction = Some(Transaction {
                     mail,
                     recipients: Vec::new(),
+                    refused_recipients: 0,
                     chunks: None,
                     data: Vec::new(),
                 });
@@ -473,12 +523,13 @@ impl ServerSession {
             Some(_) if !esmtp && rcpt.has_parameters => parameters_after_helo(),
             Some(tx) if tx.chunks.is_some() => bad_sequence("Error: RCPT after BDAT"),
             Some(tx) if !tx.mail.smtputf8 && !rcpt.recipient.is_ascii() => non_ascii_address(),
-            Some(_)
+            Some(tx)
                 if !self
                     .config
                     .relay_access
                     .may_accept(self.peer_ip, &rcpt.recipient) =>
             {
+                tx.refused_recipients += 1;
                 metrics::counter!("tern_smtp_relay_denied_total").increment(1);
                 Reply::new(
                     554,
@@ -487,16 +538,28 @@ impl ServerSession {
                 )
             }
             Some(tx) if tx.recipients.len() >= max_recipients => {
+                tx.refused_recipients += 1;
                 Reply::new(452, status(4, 5, 3), "Error: too many recipients")
             }
-            Some(tx) => {
-                tx.recipients.push(Recipient {
-                    address: rcpt.recipient,
-                    notify: rcpt.notify,
-                    orcpt: rcpt.orcpt,
-                });
-                ok(250, status(2, 1, 5))
-            }
+            Some(tx) => match self.recipient_hook.refusal(&rcpt.recipient) {
+                Some(refusal) => {
+                    tx.refused_recipients += 1;
+                    metrics::counter!(
+                        "tern_smtp_recipient_hook_refused_total",
+                        "class" => class_label(refusal.code())
+                    )
+                    .increment(1);
+                    refusal
+                }
+                None => {
+                    tx.recipients.push(Recipient {
+                        address: rcpt.recipient,
+                        notify: rcpt.notify,
+                        orcpt: rcpt.orcpt,
+                    });
+                    ok(250, status(2, 1, 5))
+                }
+            },
         };
         self.send(&reply);
     }
@@ -505,9 +568,7 @@ impl ServerSession {
         let reply = match &self.transaction {
             None => bad_sequence("Error: need MAIL command"),
             Some(tx) if tx.chunks.is_some() => bad_sequence("Error: DATA after BDAT"),
-            Some(tx) if tx.recipients.is_empty() => {
-                Reply::new(554, status(5, 5, 1), "Error: no valid recipients")
-            }
+            Some(tx) if tx.recipients.is_empty() => no_valid_recipients(),
             Some(_) => {
                 self.phase = Phase::Data(DataDecoder::new(
                     Framing::DotStuffed,
@@ -532,10 +593,15 @@ impl ServerSession {
                     last,
                 };
             }
-            Some(_) => {
+            Some(tx) => {
+                let reply = if tx.refused_recipients > 0 {
+                    no_valid_recipients()
+                } else {
+                    bad_sequence("Error: need RCPT command")
+                };
                 self.phase = Phase::BdatDiscard {
                     remaining: size,
-                    reply: bad_sequence("Error: need RCPT command"),
+                    reply,
                 };
             }
             None => {
@@ -655,6 +721,7 @@ impl ServerSession {
         let Some(tx) = self.transaction.take() else {
             return Step::Continue;
         };
+        let error = error.or_else(|| too_many_hops(&tx.data).then_some(ContentError::TooManyHops));
         if let Some(error) = error {
             let (reason, reply) = content_error_reply(error);
             metrics::counter!("tern_smtp_messages_rejected_total", "reason" => reason).increment(1);
@@ -693,6 +760,10 @@ fn line_too_long() -> Reply {
         status(5, 5, 2),
         "Error: line too long (RFC 5321 4.5.3.1.4: 512 octets)",
     )
+}
+
+fn no_valid_recipients() -> Reply {
+    Reply::new(554, status(5, 5, 1), "Error: no valid recipients")
 }
 
 fn too_large() -> Reply {
@@ -740,6 +811,10 @@ fn content_error_reply(error: ContentError) -> (&'static str, Reply) {
             ),
         ),
         ContentError::TooLarge => ("too_large", too_large()),
+        ContentError::TooManyHops => (
+            "hops",
+            Reply::new(554, status(5, 4, 6), "Too many hops (mail loop?)"),
+        ),
     }
 }
 
@@ -768,6 +843,7 @@ fn command_error_reply(error: &CommandError) -> Reply {
 mod tests {
     use super::*;
     use crate::envelope::{BodyType, DsnRet, Notify};
+    use crate::smtp::trace::RECEIVED_HOPS_MAX;
     use std::net::Ipv4Addr;
 
     const HOST: &str = "mx.test.example";
@@ -1658,6 +1734,238 @@ mod tests {
                 "421 4.3.2 mx.test.example Service shutting down, closing transmission channel\r\n"
             ),
             "{out}"
+        );
+    }
+
+    /// Refuses every domain that ends in `nullmx.example` (any case) the way
+    /// the relay refuses a null MX, and records what it was asked.
+    #[derive(Default)]
+    struct NullMxHook {
+        seen: std::cell::RefCell<Vec<(String, String)>>,
+    }
+
+    impl RecipientHook for NullMxHook {
+        fn check_recipient(&self, address: &str, domain: &str) -> Option<Reply> {
+            self.seen
+                .borrow_mut()
+                .push((address.to_owned(), domain.to_owned()));
+            domain
+                .to_ascii_lowercase()
+                .ends_with("nullmx.example")
+                .then(|| {
+                    Reply::new(
+                        556,
+                        status(5, 1, 10),
+                        format!("<{address}>: Recipient address has null MX"),
+                    )
+                })
+        }
+    }
+
+    /// Runs `script` whole and byte by byte through sessions with a fresh
+    /// [`NullMxHook`] each; returns the whole run and what its hook saw.
+    fn run_hooked(script: &[u8]) -> (Transcript, Vec<(String, String)>) {
+        let hooked = || {
+            let hook = Rc::new(NullMxHook::default());
+            let session = new_session(false, false).with_recipient_hook(hook.clone());
+            (session, hook)
+        };
+        let (mut session, hook) = hooked();
+        let whole = run_with(&mut session, script);
+        let (mut bytewise_session, _) = hooked();
+        let bytewise = drive(&mut bytewise_session, script.chunks(1));
+        assert_eq!(whole, bytewise, "byte-at-a-time differs for {script:?}");
+        let seen = hook.seen.borrow().clone();
+        (whole, seen)
+    }
+
+    #[test]
+    fn recipient_hook_refusal_is_passed_through_verbatim() {
+        let (t, seen) = run_hooked(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@NullMX.example>\r\n",
+        ]));
+        assert_eq!(
+            after_ehlo(&t)[1],
+            "556 5.1.10 <u@NullMX.example>: Recipient address has null MX"
+        );
+        assert_eq!(
+            seen,
+            [("u@NullMX.example".to_owned(), "NullMX.example".to_owned())]
+        );
+    }
+
+    #[test]
+    fn recipient_hook_accepts_and_sees_domain_as_received() {
+        let (t, seen) = run_hooked(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<User@D.Example>\r\n",
+            "RCPT TO:<x@[192.0.2.1]>\r\nRCPT TO:<\"q@r\"@e.example>\r\n",
+            "DATA\r\nx\r\n.\r\n",
+        ]));
+        assert_eq!(
+            after_ehlo(&t),
+            [
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "250 2.1.5 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as Q1",
+            ]
+        );
+        let domains: Vec<&str> = seen.iter().map(|(_, domain)| domain.as_str()).collect();
+        assert_eq!(domains, ["D.Example", "[192.0.2.1]", "e.example"]);
+        let addresses: Vec<&str> = t.messages[0]
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(
+            addresses,
+            ["User@D.Example", "x@[192.0.2.1]", "\"q@r\"@e.example"]
+        );
+    }
+
+    #[test]
+    fn recipient_hook_pipelined_mix_keeps_only_accepted_recipients() {
+        let (t, seen) = run_hooked(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<a@nullmx.example>\r\n\
+             RCPT TO:<b@d.example>\r\nRCPT TO:<c@sub.nullmx.example>\r\n\
+             RCPT TO:<Postmaster>\r\nRCPT TO:<e@d.example>\r\nDATA\r\nx\r\n.\r\n",
+        ]));
+        assert_eq!(
+            after_ehlo(&t)
+                .iter()
+                .map(|r| r.get(..10).unwrap_or(r))
+                .collect::<Vec<_>>(),
+            [
+                "250 2.1.0 ",
+                "556 5.1.10",
+                "250 2.1.5 ",
+                "556 5.1.10",
+                "250 2.1.5 ",
+                "250 2.1.5 ",
+                "354 End da",
+                "250 2.0.0 ",
+            ]
+        );
+        let addresses: Vec<&str> = t.messages[0]
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(addresses, ["b@d.example", "Postmaster", "e@d.example"]);
+        // The domainless Postmaster never reaches the hook.
+        assert_eq!(seen.len(), 4);
+        assert!(seen.iter().all(|(address, _)| address != "Postmaster"));
+    }
+
+    #[test]
+    fn all_recipients_refused_gives_no_valid_recipients() {
+        let (t, _) = run_hooked(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<a@nullmx.example>\r\nDATA\r\n",
+            "RSET\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<a@nullmx.example>\r\nBDAT 3 LAST\r\nabc",
+            "RSET\r\nMAIL FROM:<a@b.example>\r\nBDAT 3 LAST\r\nabc",
+        ]));
+        assert!(t.messages.is_empty());
+        assert_eq!(
+            after_ehlo(&t),
+            [
+                "250 2.1.0 Ok",
+                "556 5.1.10 <a@nullmx.example>: Recipient address has null MX",
+                "554 5.5.1 Error: no valid recipients",
+                "250 2.0.0 Ok",
+                "250 2.1.0 Ok",
+                "556 5.1.10 <a@nullmx.example>: Recipient address has null MX",
+                "554 5.5.1 Error: no valid recipients",
+                "250 2.0.0 Ok",
+                "250 2.1.0 Ok",
+                "503 5.5.1 Error: need RCPT command",
+            ]
+        );
+    }
+
+    #[test]
+    fn recipient_hook_is_not_asked_about_relay_denied_recipients() {
+        let hook = Rc::new(NullMxHook::default());
+        let mut session = ServerSession::new(
+            config(false),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9)),
+            false,
+        )
+        .with_recipient_hook(hook.clone());
+        let t = run_with(
+            &mut session,
+            b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<v@elsewhere.example>\r\n\
+              RCPT TO:<u@local.example>\r\n",
+        );
+        assert!(after_ehlo(&t)[1].starts_with("554 5.7.1"));
+        assert_eq!(after_ehlo(&t)[2], "250 2.1.5 Ok");
+        assert_eq!(
+            *hook.seen.borrow(),
+            [("u@local.example".to_owned(), "local.example".to_owned())]
+        );
+    }
+
+    /// A message with `hops` Received fields.
+    fn looping_message(hops: usize) -> String {
+        format!(
+            "{}Subject: x\r\n\r\nReceived: in the body\r\n",
+            "Received: from a.example\r\n\tby b.example; Mon, 23 Nov 2026 17:55:06 +0000\r\n"
+                .repeat(hops)
+        )
+    }
+
+    #[test]
+    fn too_many_hops_is_refused_after_data_and_the_session_goes_on() {
+        let allowed = looping_message(RECEIVED_HOPS_MAX);
+        let looping = looping_message(RECEIVED_HOPS_MAX + 1);
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\n",
+            &looping,
+            ".\r\nNOOP\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\n",
+            &allowed,
+            ".\r\n",
+        ]));
+        assert_eq!(
+            after_ehlo(&t)[3..],
+            [
+                "554 5.4.6 Too many hops (mail loop?)",
+                "250 2.0.0 Ok",
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as Q1",
+            ]
+        );
+        assert_eq!(t.messages.len(), 1);
+        assert_eq!(t.messages[0].data, allowed.as_bytes());
+    }
+
+    #[test]
+    fn too_many_hops_is_refused_after_bdat_last() {
+        let looping = looping_message(RECEIVED_HOPS_MAX + 1);
+        let (first, second) = looping.split_at(looping.len() / 2);
+        let t = run(&script(&[
+            HELLO,
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\n",
+            &format!("BDAT {}\r\n{first}", first.len()),
+            &format!("BDAT {} LAST\r\n{second}", second.len()),
+            "RCPT TO:<u@d.example>\r\n",
+        ]));
+        assert!(t.messages.is_empty());
+        assert_eq!(
+            after_ehlo(&t)[3..],
+            [
+                "554 5.4.6 Too many hops (mail loop?)",
+                "503 5.5.1 Error: need MAIL command",
+            ]
         );
     }
 }

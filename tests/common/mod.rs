@@ -4,6 +4,9 @@
 //! 127.0.0.1; every read has a timeout so no test can hang.
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
+pub mod dns_zone;
+pub mod sink;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -13,7 +16,8 @@ use std::time::Duration;
 use tern::config::{Config, IoMode};
 
 /// A small config: one SMTP listener on an ephemeral loopback port, no
-/// submission listener, no metrics endpoint, small segments, spool in `dir`.
+/// submission listener, no metrics endpoint, small segments, spool in `dir`,
+/// and mail held (never relayed: no DNS query may leave the machine).
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::default();
     c.server.workers = 2;
@@ -27,7 +31,38 @@ pub fn test_config(dir: &Path) -> Config {
     c.spool.dir = dir.join("spool");
     c.spool.segment_size = 1024 * 1024;
     c.metrics.listen = None;
+    c.relay.hold = true;
     c
+}
+
+/// `test_config(dir)` with `extra` (TOML, e.g. a `[relay]` table) merged
+/// over it, written to `dir/tern.toml` and loaded back the way `tern -c`
+/// loads it, so the in-process server and the CLI see one config. Returns
+/// the config and the file; panics naming the key a bad `extra` breaks.
+pub fn config_file(dir: &Path, extra: &str) -> (Config, std::path::PathBuf) {
+    let mut merged = toml::Table::try_from(test_config(dir)).expect("config serialises");
+    let extra: toml::Table = extra.parse().expect("extra config is TOML");
+    merge_tables(&mut merged, extra);
+    let path = dir.join("tern.toml");
+    std::fs::write(&path, toml::to_string(&merged).unwrap()).unwrap();
+    match Config::load(Some(&path)) {
+        Ok((config, _source)) => (config, path),
+        Err(e) => panic!("test config rejected: {e}"),
+    }
+}
+
+/// Tables merge key by key; any other value in `over` replaces.
+fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(over_inner)) => {
+                merge_tables(inner, over_inner)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }
 
 /// The real `tern` binary, killed when the test ends, even by a failed
@@ -80,6 +115,15 @@ pub fn spawn_tern(config: &Path) -> (ServerProcess, SocketAddr) {
 /// A CA and a `localhost` leaf certificate signed by it, written as PEM
 /// files into `dir`. Returns (ca_pem, cert_path, key_path).
 pub fn make_test_ca(dir: &Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    make_test_ca_for(dir, &["localhost"])
+}
+
+/// Like `make_test_ca`, with a leaf certificate for `names` (the first is
+/// also its common name).
+pub fn make_test_ca_for(
+    dir: &Path,
+    names: &[&str],
+) -> (String, std::path::PathBuf, std::path::PathBuf) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -89,10 +133,12 @@ pub fn make_test_ca(dir: &Path) -> (String, std::path::PathBuf, std::path::PathB
         .push(DnType::CommonName, "tern test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let leaf_key = KeyPair::generate().unwrap();
-    let mut leaf_params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    leaf_params
-        .distinguished_name
-        .push(DnType::CommonName, "localhost");
+    let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut leaf_params = CertificateParams::new(sans).unwrap();
+    leaf_params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or("localhost"),
+    );
     let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
@@ -205,4 +251,19 @@ pub fn data_frame(body: &[u8]) -> Vec<u8> {
 pub fn queue_id_of(reply: &Reply) -> Option<String> {
     let text = reply.lines.last()?;
     text.rsplit(' ').next().map(str::to_string)
+}
+
+/// `tern queue list --json -c config`, parsed (the offline view of the spool).
+pub fn queue_list_json(config: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["queue", "list", "--json", "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

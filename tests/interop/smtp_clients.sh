@@ -53,6 +53,9 @@ listen = ["127.0.0.1:$PORT"]
 submission = []
 [spool]
 dir = "$WORK/spool"
+[relay]
+# Keep the test mail queued: nothing may be relayed off this machine.
+hold = true
 [tls]
 cert = "$WORK/cert.pem"
 key = "$WORK/key.pem"

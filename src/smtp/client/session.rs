@@ -529,6 +529,7 @@ mod tests {
     ) -> String {
         client
             .start_transaction(OutboundTransaction {
+                trace: &[],
                 envelope: env,
                 recipients: recipients.to_vec(),
                 data,
@@ -881,6 +882,7 @@ mod tests {
         let env = envelope(&["b@b.example", "c@b.example"]);
         let refused = client
             .start_transaction(OutboundTransaction {
+                trace: &[],
                 envelope: &env,
                 recipients: vec![0, 1],
                 data: b"01234567890",
@@ -910,6 +912,7 @@ mod tests {
         env.smtputf8 = true;
         let refused = client
             .start_transaction(OutboundTransaction {
+                trace: &[],
                 envelope: &env,
                 recipients: vec![0],
                 data: b"x\r\n",
@@ -1217,6 +1220,7 @@ mod tests {
         let env = envelope(&["x@b.example"]);
         let refused = client
             .start_transaction(OutboundTransaction {
+                trace: &[],
                 envelope: &env,
                 recipients: vec![3],
                 data: b"x\r\n",
@@ -1284,6 +1288,7 @@ mod tests {
         let env = envelope(&["x@b.example"]);
         let refused = client
             .start_transaction(OutboundTransaction {
+                trace: &[],
                 envelope: &env,
                 recipients: vec![0],
                 data: b"x",
@@ -1323,6 +1328,7 @@ mod tests {
                     b"220 mx\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n",
                 );
                 let _ = client.start_transaction(OutboundTransaction {
+                    trace: &[],
                     envelope: &env,
                     recipients: vec![0, 1],
                     data: b"x\r\n",
@@ -1381,6 +1387,7 @@ mod tests {
                         sent += 1;
                         client
                             .start_transaction(OutboundTransaction {
+                                trace: &[],
                                 envelope: &env,
                                 recipients,
                                 data: b"x\r\n",

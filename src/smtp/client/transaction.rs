@@ -22,6 +22,9 @@ pub struct OutboundTransaction<'a> {
     pub envelope: &'a Envelope,
     /// Which of `envelope.recipients` to send in this transaction (indexes).
     pub recipients: Vec<usize>,
+    /// Header fields put in front of `data` on the wire (the relay's
+    /// `Received:` line): complete CRLF-ended lines, none starting with a dot.
+    pub trace: &'a [u8],
     /// Message bytes as stored (CRLF lines, not dot-stuffed).
     pub data: &'a [u8],
 }
@@ -152,7 +155,7 @@ impl ActiveTransaction {
         out: &mut Vec<u8>,
     ) -> Result<Self, TransactionResult> {
         if let Some(limit) = extensions.size_limit() {
-            if tx.data.len() as u64 > limit {
+            if (tx.trace.len() + tx.data.len()) as u64 > limit {
                 let reply = ReceivedReply::local(
                     552,
                     (5, 3, 4),
@@ -217,11 +220,15 @@ impl ActiveTransaction {
         }
 
         let content = if extensions.chunking {
-            let mut content = format!("BDAT {} LAST\r\n", tx.data.len()).into_bytes();
+            let size = tx.trace.len() + tx.data.len();
+            let mut content = format!("BDAT {size} LAST\r\n").into_bytes();
+            content.extend_from_slice(tx.trace);
             content.extend_from_slice(tx.data);
             content
         } else {
-            dot_stuff(tx.data)
+            let mut content = tx.trace.to_vec();
+            content.extend_from_slice(&dot_stuff(tx.data));
+            content
         };
         let mut active = Self {
             accepted: vec![false; sent.len()],
@@ -234,7 +241,11 @@ impl ActiveTransaction {
             mail: MailState::Pending,
             expects: VecDeque::new(),
         };
-        out.extend_from_slice(&mail_command(tx.envelope, tx.data.len(), extensions));
+        out.extend_from_slice(&mail_command(
+            tx.envelope,
+            tx.trace.len() + tx.data.len(),
+            extensions,
+        ));
         active.expects.push_back(Expect::Mail);
         if active.pipelined {
             // RFC 2920: MAIL, every RCPT and DATA (or BDAT) go in one write.
@@ -614,6 +625,7 @@ pub(super) mod tests {
         let mut env = envelope(&["ok@b.example", "bad\r\nRSET@b.example"]);
         let mut out = Vec::new();
         let tx = OutboundTransaction {
+            trace: &[],
             envelope: &env,
             recipients: vec![0, 1, 7],
             data: b"x\r\n",
@@ -634,11 +646,57 @@ pub(super) mod tests {
 
         env.sender = "a\n@a.example".into();
         let tx = OutboundTransaction {
+            trace: &[],
             envelope: &env,
             recipients: vec![0],
             data: b"x\r\n",
         };
         let refused = ActiveTransaction::start(&tx, &Extensions::default(), &mut out).unwrap_err();
         assert_eq!(refused.outcomes[0].1.reply().code, 501);
+    }
+
+    #[test]
+    fn trace_header_goes_first_and_counts_towards_size() {
+        let env = envelope(&["b@b.example"]);
+        let trace = b"Received: from x\r\n";
+        let extensions = Extensions {
+            pipelining: true,
+            size: Some(1000),
+            ..Extensions::default()
+        };
+        let tx = OutboundTransaction {
+            trace,
+            envelope: &env,
+            recipients: vec![0],
+            data: b".dot\r\n",
+        };
+        let mut out = Vec::new();
+        let active = ActiveTransaction::start(&tx, &extensions, &mut out).unwrap();
+        let sent = String::from_utf8(out).unwrap();
+        assert!(
+            sent.starts_with("MAIL FROM:<alice@a.example> SIZE=24\r\n"),
+            "{sent}"
+        );
+        assert_eq!(active.content, b"Received: from x\r\n..dot\r\n.\r\n");
+
+        let chunked = Extensions {
+            chunking: true,
+            ..extensions
+        };
+        let mut out = Vec::new();
+        ActiveTransaction::start(&tx, &chunked, &mut out).unwrap();
+        // Pipelined BDAT goes out with MAIL and RCPT.
+        assert!(
+            out.ends_with(b"BDAT 24 LAST\r\nReceived: from x\r\n.dot\r\n"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+
+        let small = Extensions {
+            size: Some(20),
+            ..Extensions::default()
+        };
+        let refused = ActiveTransaction::start(&tx, &small, &mut Vec::new()).unwrap_err();
+        assert_eq!(refused.outcomes[0].1.reply().code, 552);
     }
 }
