@@ -7,7 +7,7 @@
 # first connection until the sink has received every message, and print one
 # line per case: msg/s of each, tern/Postfix ratio, tern as % of direct, the
 # rates at which each MTA accepted (smtp-source done), connections used at
-# the sink, tern's peak RSS and a check. Results go to stdout and to
+# the sink, tern's peak RSS and anonymous RSS, and a check. Results go to stdout and to
 # loadtest/out/relay-<date>.txt. Installs what it needs (Debian, as root).
 #
 # Must never: listen on or connect to anything but 127.0.0.1; share a port
@@ -20,8 +20,8 @@
 # or tern died.
 #
 # Usage (from the repo root, as root):
-#   loadtest/relay.sh                  # full run (~6 min on 2 cores)
-#   QUICK=1 loadtest/relay.sh          # small counts, about a minute
+#   loadtest/relay.sh                  # full run (~3 min on 2 cores)
+#   QUICK=1 loadtest/relay.sh          # small counts, under a minute
 # Environment (defaults in brackets):
 #   QUICK [0]            1 = small counts (COUNT_1K=2000, COUNT_32K=500)
 #   COUNT_1K [20000]     messages per 1 KiB case
@@ -140,15 +140,15 @@ lt_say "# smtp-source -r 1 -f $SENDER -t $RCPT ${SOURCE_EXTRA:-(one connection p
 if [ "$SKIP_TERN" != 1 ]; then
     lt_say "# tern: $(lt_tern_describe), io=$TERN_IO workers=$TERN_WORKERS, fresh spool per case; $(tr '\n' ' ' <<<"$TERN_RELAY")"
 fi
-[ "$SKIP_POSTFIX" = 1 ] || lt_say "# postfix relay settings: lib/postfix.sh (relay mode), concurrency $PF_CONCURRENCY; postconf -n in the work dir"
+[ "$SKIP_POSTFIX" = 1 ] || lt_say "# postfix relay settings: lib/postfix.sh (relay mode), concurrency $PF_CONCURRENCY; postconf -n at the end of ${LT_OUT#"$REPO"/}"
 lt_say "# columns: direct/s, tern/s, pf/s = messages / time from smtp-source's start until the sink had all of them;"
 lt_say "#   tern/pf = tern/s / pf/s; %direct = tern/s / direct/s; tAcc/s, pfAcc/s = messages / time until smtp-source"
 lt_say "#   was done (accept side, relaying at the same time); tConn, pfConn = SMTP sessions the sink saw;"
-lt_say "#   ternMiB = tern's peak RSS (VmHWM)"
+lt_say "#   ternMiB = tern's peak RSS (VmHWM); tAnonMiB = its RssAnon at the end (RSS without file pages: mapped spool)"
 lt_say ""
-FMT='%-12s %8s %8s %8s %7s %7s %8s %8s %6s %6s %7s  %s'
+FMT='%-12s %8s %8s %8s %7s %7s %8s %8s %6s %6s %7s %8s  %s'
 # shellcheck disable=SC2059  # FMT is the one table format
-lt_say "$(printf "$FMT" case "direct/s" "tern/s" "pf/s" "tern/pf" "%direct" "tAcc/s" "pfAcc/s" tConn pfConn ternMiB check)"
+lt_say "$(printf "$FMT" case "direct/s" "tern/s" "pf/s" "tern/pf" "%direct" "tAcc/s" "pfAcc/s" tConn pfConn ternMiB tAnonMiB check)"
 
 # ---------------------------------------------------------------- one target
 # relay_run NAME TARGET PORT SIZE COUNT SESSIONS CASEDIR WATCH_PID -> sets
@@ -183,12 +183,13 @@ relay_run() {
 
 # STOP_CMDs for relay_run. The tern and Postfix ones first take what can
 # only be measured while the MTA still runs; they set run_case's locals
-# (bash's dynamic scope): died, t_mib (tern), left, sent (Postfix).
+# (bash's dynamic scope): died, t_mib, t_anon (tern), left, sent (Postfix).
 stop_nothing() { :; }
 stop_tern_measured() {
     died=$(lt_tern_died "$tdir")
     lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$tdir/metrics-after.txt"
     t_mib=$(lt_mib "$(lt_hwm_kib "$TERN_PID")")
+    t_anon=$(lt_mib "$(lt_status_kib "$TERN_PID" RssAnon)")
     lt_tern_stop
 }
 stop_postfix_measured() {
@@ -202,7 +203,7 @@ stop_postfix_measured() {
 # ---------------------------------------------------------------- one case
 run_case() {
     local size=$1 sess=$2 count name notes=() check
-    local d_rate=NA t_rate=NA p_rate=NA t_acc=NA p_acc=NA t_conns=NA p_conns=NA t_mib=NA
+    local d_rate=NA t_rate=NA p_rate=NA t_acc=NA p_acc=NA t_conns=NA p_conns=NA t_mib=NA t_anon=NA
     count=$(lt_count_for "$size")
     name="$(lt_size_name "$size") s=$sess"
     local cdir=$WORK/case-$size-$sess
@@ -263,7 +264,7 @@ run_case() {
     lt_say "$(printf "$FMT" "$name" "$d_rate" "$t_rate" "$p_rate" \
         "$(lt_div "$t_rate" "$p_rate" %.2f)" \
         "$(lt_div "$(lt_div "$t_rate" 0.01 %.4f)" "$d_rate" %.0f%%)" \
-        "$t_acc" "$p_acc" "$t_conns" "$p_conns" "$t_mib" "$check")"
+        "$t_acc" "$p_acc" "$t_conns" "$p_conns" "$t_mib" "$t_anon" "$check")"
 }
 
 CHECK_FAILED=0
@@ -275,6 +276,9 @@ for size in $SIZES; do
 done
 lt_say ""
 lt_say "# load avg at end: $(cut -d' ' -f1-3 /proc/loadavg); whole run $(( ($(lt_now_ns) - RUN_T0) / 1000000000 )) s; results: ${LT_OUT#"$REPO"/}"
+if [ "$SKIP_POSTFIX" != 1 ]; then
+    { echo; echo "# postfix: postconf -n"; sed 's/^/#   /' "$PF_DIR/postconf-n.txt"; } >>"$LT_OUT"
+fi
 if [ "$CHECK_FAILED" = 1 ]; then
     lt_say "# FAILED: at least one case's check is not ok (see the check column)"
     exit 1

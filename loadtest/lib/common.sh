@@ -125,8 +125,11 @@ lt_metric_delta() {
     echo $((a - b))
 }
 
-# Max resident set (VmHWM, KiB) of one process.
-lt_hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }
+# lt_status_kib PID FIELD: one KiB field of /proc/PID/status (VmHWM: peak
+# resident set; RssAnon: resident anonymous memory now, i.e. without
+# file-backed pages such as a mapped spool).
+lt_status_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null; }
+lt_hwm_kib() { lt_status_kib "$1" VmHWM; }
 
 # PIDs of a process and its direct children (Postfix's master forks every
 # daemon itself, so that is the whole instance).
