@@ -200,7 +200,10 @@ pf_stop() {
 
 # Deliveries Postfix logged as sent so far (maillog is kept across cases:
 # callers take a before/after difference; postlogd may lag a few ms).
-pf_sent_total() { grep -c ' status=sent ' "$PF_DIR/maillog" 2>/dev/null || true; }
+pf_sent_total() {
+    [ -r "$PF_DIR/maillog" ] || { echo 0; return; }
+    awk '/ status=sent / { n++ } END { print n + 0 }' "$PF_DIR/maillog"
+}
 # pf_wait_empty SECS: 0 once no message is left in the queue.
 pf_wait_empty() {
     local i
