@@ -151,7 +151,8 @@ FMT='%-12s %8s %8s %8s %7s %7s %8s %8s %6s %6s %7s %8s  %s'
 lt_say "$(printf "$FMT" case "direct/s" "tern/s" "pf/s" "tern/pf" "%direct" "tAcc/s" "pfAcc/s" tConn pfConn ternMiB tAnonMiB check)"
 
 # ---------------------------------------------------------------- one target
-# relay_run NAME TARGET PORT SIZE COUNT SESSIONS CASEDIR WATCH_PID -> sets
+# relay_run NAME TARGET PORT SIZE COUNT SESSIONS CASEDIR WATCH_PID STOP_CMD
+# (WATCH_PID: the MTA under test, "" for none) -> sets
 # RR_RATE (end to end, NA unless every message arrived), RR_ACC (accept
 # side), RR_CONNS (sessions the sink saw) and RR_NOTES (array). The sink must
 # be running with -c (counters in CASEDIR/sink-TARGET.log); it is stopped
@@ -214,7 +215,7 @@ run_case() {
     if [ "$SKIP_DIRECT" != 1 ]; then
         lt_log "$name: direct, $count messages"
         lt_sink_start "$SINK_PORT" "$cdir/sink-direct.log" -c
-        relay_run "$name" direct "$SINK_PORT" "$size" "$count" "$sess" "$cdir" "$LT_SINK_PID" stop_nothing
+        relay_run "$name" direct "$SINK_PORT" "$size" "$count" "$sess" "$cdir" "" stop_nothing
         d_rate=$RR_RATE
         notes+=("${RR_NOTES[@]}")
     fi
