@@ -51,9 +51,69 @@ pub struct Config {
     pub spool: SpoolSection,
     pub tls: TlsSection,
     pub relay: RelaySection,
+    pub users: UsersSection,
+    pub pop3: Pop3Section,
+    pub imap: ImapSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
 }
+
+/// Where local users (mailbox owners and, later, submission accounts) live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsersSection {
+    /// The users file `tern user` edits (argon2id hashes, addresses).
+    pub file: PathBuf,
+}
+
+impl Default for UsersSection {
+    fn default() -> Self {
+        UsersSection {
+            file: PathBuf::from("var/users.toml"),
+        }
+    }
+}
+
+/// Defines a mailbox retrieval protocol's section (`[pop3]`, `[imap]`):
+/// the same keys, a different default port (serde has no const generics).
+macro_rules! retrieval_section {
+    ($(#[$doc:meta])* $name:ident, $port:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name {
+            /// Plain listeners (STLS / STARTTLS offered when [tls] is set).
+            pub listen: Vec<SocketAddr>,
+            /// Implicit-TLS listeners (995 / 993 in production); need [tls].
+            pub tls_listen: Vec<SocketAddr>,
+            /// Allow passwords before TLS. The embedded default (loopback
+            /// only) allows it so any client works at once; production
+            /// sets false.
+            pub allow_plaintext_auth: bool,
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    listen: vec![SocketAddr::from(([127, 0, 0, 1], $port))],
+                    tls_listen: Vec::new(),
+                    allow_plaintext_auth: true,
+                }
+            }
+        }
+    };
+}
+
+retrieval_section!(
+    /// `[pop3]`: RFC 1939 on 127.0.0.1:2110 by default.
+    Pop3Section,
+    2110
+);
+retrieval_section!(
+    /// `[imap]`: RFC 3501 / 9051 on 127.0.0.1:2143 by default.
+    ImapSection,
+    2143
+);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -452,6 +512,20 @@ impl Config {
             }
         }
         self.validate_delivery(source)?;
+        for (key, tls_listen) in [
+            ("[pop3] tls_listen", &self.pop3.tls_listen),
+            ("[imap] tls_listen", &self.imap.tls_listen),
+        ] {
+            if !tls_listen.is_empty() && self.tls.cert.is_none() {
+                return Err(invalid(
+                    key,
+                    "implicit-TLS listeners need [tls] cert and key".into(),
+                ));
+            }
+        }
+        if self.users.file.as_os_str().is_empty() {
+            return Err(invalid("[users] file", "must not be empty".into()));
+        }
         if self.log.level.trim().is_empty() {
             return Err(invalid("[log] level", "must not be empty".into()));
         }
@@ -868,6 +942,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("dns.example"), "{e}");
+    }
+
+    #[test]
+    fn retrieval_sections_have_their_own_ports_and_tls_needs_a_certificate() {
+        let c = Config::default();
+        assert_eq!(c.pop3.listen[0].port(), 2110);
+        assert_eq!(c.imap.listen[0].port(), 2143);
+        assert!(c.pop3.allow_plaintext_auth && c.imap.allow_plaintext_auth);
+        let c = parse("[imap]\nallow_plaintext_auth = false\n").unwrap();
+        assert_eq!(c.imap.listen[0].port(), 2143);
+        assert!(!c.imap.allow_plaintext_auth);
+        let e = parse("[pop3]\ntls_listen = [\"127.0.0.1:995\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[pop3] tls_listen"), "{e}");
+        let e = parse("[users]\nfile = \"\"\n").unwrap_err().to_string();
+        assert!(e.contains("[users] file"), "{e}");
     }
 
     #[test]
