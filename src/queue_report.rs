@@ -54,6 +54,7 @@ fn state_parts(state: &RecipientState) -> (&'static str, Option<String>) {
         ),
         RecipientState::Delivered => ("delivered", None),
         RecipientState::Bounced { reason } => ("bounced", Some(reason.clone())),
+        RecipientState::InMailbox => ("in_mailbox", None),
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use crate::runtime::outbound::TlsClientStream;
-use crate::runtime::transport::{Transport, READ_CHUNK};
+use crate::runtime::transport::{MaybeTls, Transport, READ_CHUNK};
 use crate::smtp::client::{
     ClientConfig, ClientEvent, ClientSession, CloseReason, OutboundTransaction, ReceivedReply,
     TransactionResult,
@@ -31,37 +31,7 @@ pub trait Connector {
 /// over, so a slow goodbye must not hold a pool slot.
 const QUIT_WAIT: Duration = Duration::from_secs(10);
 
-enum Stream<T: Transport> {
-    Plain(T),
-    Tls(Box<TlsClientStream<T>>),
-    /// Taken for a TLS handshake that failed.
-    Gone,
-}
-
-fn gone() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotConnected,
-        "connection lost in a TLS handshake",
-    )
-}
-
-impl<T: Transport> Stream<T> {
-    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        match self {
-            Stream::Plain(t) => t.read(buf).await,
-            Stream::Tls(t) => t.read(buf).await,
-            Stream::Gone => (Err(gone()), buf),
-        }
-    }
-
-    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
-        match self {
-            Stream::Plain(t) => t.write_all(buf).await,
-            Stream::Tls(t) => t.write_all(buf).await,
-            Stream::Gone => (Err(gone()), buf),
-        }
-    }
-}
+type Stream<T> = MaybeTls<T, TlsClientStream<T>>;
 
 /// Why a connection could not be made ready for mail.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -120,7 +90,7 @@ impl<T: Transport + 'static> OutboundConnection<T> {
             .map_err(|e| OpenError::Connect(e.to_string()))?;
         let mut conn = OutboundConnection {
             session: ClientSession::new(session_config, false),
-            stream: Stream::Plain(stream),
+            stream: MaybeTls::Plain(stream),
             addr,
             host: host.to_owned(),
             messages: 0,
@@ -233,14 +203,14 @@ impl<T: Transport + 'static> OutboundConnection<T> {
     }
 
     async fn start_tls(&mut self, config: Arc<rustls::ClientConfig>) -> Result<(), String> {
-        let Stream::Plain(plain) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+        let Some(plain) = self.stream.take_plain() else {
             return Err("STARTTLS on a connection without a plain stream".into());
         };
         let handshake = TlsClientStream::connect(plain, config, &self.host);
         match tokio::time::timeout(self.session.read_timeout(), handshake).await {
             Ok(Ok(tls)) => {
                 debug!(addr = %self.addr, tls = %tls.describe(), "TLS established");
-                self.stream = Stream::Tls(Box::new(tls));
+                self.stream = MaybeTls::Tls(Box::new(tls));
                 Ok(())
             }
             Ok(Err(e)) => Err(e.to_string()),

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::listener::ListenerKind;
 use super::tls::TlsStream;
-use super::transport::{Transport, READ_CHUNK};
+use super::transport::{MaybeTls, Transport, READ_CHUNK};
 use crate::queue::scheduler::Scheduler;
 use crate::smtp::reply::REPLY_CLASSES;
 use crate::smtp::{IncomingMessage, RecipientHook, ServerSession, SessionConfig, SessionEvent};
@@ -50,26 +50,7 @@ impl CoreContext {
     }
 }
 
-enum Stream<T: Transport> {
-    Plain(T),
-    Tls(Box<TlsStream<T>>),
-}
-
-impl<T: Transport> Stream<T> {
-    async fn read(&mut self, buf: Vec<u8>) -> (std::io::Result<usize>, Vec<u8>) {
-        match self {
-            Stream::Plain(t) => t.read(buf).await,
-            Stream::Tls(t) => t.read(buf).await,
-        }
-    }
-
-    async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
-        match self {
-            Stream::Plain(t) => t.write_all(buf).await,
-            Stream::Tls(t) => t.write_all(buf).await,
-        }
-    }
-}
+type Stream<T> = MaybeTls<T, TlsStream<T>>;
 
 /// Create every ingest series (the session's included) at zero so dashboards and `rate()` see them
 /// before the first event (a counter that appears late hides its first burst).
@@ -157,7 +138,7 @@ pub async fn serve<T: Transport>(
 ) {
     let mut session = ServerSession::new(ctx.session_config.clone(), peer.ip(), false)
         .with_recipient_hook(Rc::clone(&ctx.recipient_hook));
-    let mut stream = Stream::Plain(transport);
+    let mut stream = MaybeTls::Plain(transport);
     let mut in_buf = Vec::with_capacity(READ_CHUNK);
     let mut out_buf = Vec::with_capacity(1024);
     let write_timeout = ctx.session_config.command_timeout;
@@ -236,7 +217,7 @@ pub async fn serve<T: Transport>(
                 {
                     break;
                 }
-                let (Stream::Plain(plain), Some(config)) = (stream, ctx.tls.clone()) else {
+                let (Some(plain), Some(config)) = (stream.take_plain(), ctx.tls.clone()) else {
                     warn!(%peer, "STARTTLS event without a plaintext stream and TLS config");
                     break;
                 };
@@ -246,7 +227,7 @@ pub async fn serve<T: Transport>(
                         debug!(%peer, tls = %tls.describe(), "TLS established");
                         metrics::counter!("tern_tls_handshakes_total", "result" => "ok")
                             .increment(1);
-                        stream = Stream::Tls(Box::new(tls));
+                        stream = MaybeTls::Tls(Box::new(tls));
                         session.tls_started();
                     }
                     Ok(Err(e)) => {

@@ -55,3 +55,51 @@ impl Transport for UringStream {
         self.0.write_all(buf).await
     }
 }
+
+/// A connection that may be upgraded to TLS in place (STARTTLS, STLS):
+/// plain at first, then the TLS stream `S` wrapping the same transport.
+pub enum MaybeTls<T, S> {
+    Plain(T),
+    Tls(Box<S>),
+    /// Taken for a handshake that failed: every read and write errors.
+    Gone,
+}
+
+impl<T, S> MaybeTls<T, S> {
+    /// The plain transport, for a handshake; leaves `Gone` behind (also
+    /// when the connection already has TLS, which the caller reports).
+    pub fn take_plain(&mut self) -> Option<T> {
+        match std::mem::replace(self, MaybeTls::Gone) {
+            MaybeTls::Plain(plain) => Some(plain),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection lost in a TLS handshake",
+    )
+}
+
+impl<T: Transport, S: Transport> Transport for MaybeTls<T, S> {
+    async fn read(&mut self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            MaybeTls::Plain(t) => t.read(buf).await,
+            MaybeTls::Tls(t) => t.read(buf).await,
+            MaybeTls::Gone => (Err(gone()), buf),
+        }
+    }
+
+    async fn write_all(&mut self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            MaybeTls::Plain(t) => t.write_all(buf).await,
+            MaybeTls::Tls(t) => t.write_all(buf).await,
+            MaybeTls::Gone => (Err(gone()), buf),
+        }
+    }
+}

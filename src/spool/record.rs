@@ -53,6 +53,7 @@ const STATE_PENDING: u8 = 0;
 const STATE_DEFERRED: u8 = 1;
 const STATE_DELIVERED: u8 = 2;
 const STATE_BOUNCED: u8 = 3;
+const STATE_IN_MAILBOX: u8 = 4;
 
 const NOTIFY_EXPLICIT: u8 = 1;
 const NOTIFY_SUCCESS: u8 = 2;
@@ -394,6 +395,7 @@ fn put_state(put: &mut Put<'_>, state: &RecipientState) {
             put.u8(STATE_BOUNCED);
             put.str(reason);
         }
+        RecipientState::InMailbox => put.u8(STATE_IN_MAILBOX),
     }
 }
 
@@ -512,6 +514,7 @@ fn decode_update(payload: &[u8]) -> Result<UpdateRecord, RecordError> {
             STATE_BOUNCED => RecipientState::Bounced {
                 reason: take.str()?,
             },
+            STATE_IN_MAILBOX => RecipientState::InMailbox,
             _ => return Err(RecordError::Malformed("unknown recipient state")),
         };
         changes.push((index, state));
@@ -638,6 +641,7 @@ pub(crate) mod tests {
                     },
                 ),
                 (3, RecipientState::Pending),
+                (4, RecipientState::InMailbox),
             ],
         };
         let mut buf = Vec::new();

@@ -5,7 +5,10 @@
 //! write anything (the queue decides, the spool persists).
 
 /// Where delivery to one recipient stands. `Pending` is implicit when a
-/// message is appended; `Delivered` and `Bounced` are final.
+/// message is appended; `Delivered` and `Bounced` are final. `InMailbox`
+/// is done as far as delivery goes, but not final: a local mailbox reads
+/// the message from the spool, so the record stays alive until the
+/// mailbox lets go of it (then the recipient becomes `Delivered`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum RecipientState {
@@ -20,6 +23,7 @@ pub enum RecipientState {
     Bounced {
         reason: String,
     },
+    InMailbox,
 }
 
 impl RecipientState {
@@ -47,6 +51,7 @@ mod tests {
         };
         assert!(!deferred.is_final());
         assert!(RecipientState::Delivered.is_final());
+        assert!(!RecipientState::InMailbox.is_final());
         assert!(RecipientState::Bounced {
             reason: "550".into()
         }
