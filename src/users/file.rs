@@ -240,3 +240,128 @@ fn io_error(path: &Path, source: io::Error) -> UsersError {
         source,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A valid stored hash (of a password nobody has).
+    const HASH: &str = "$argon2id$v=19$m=8,t=1,p=1$dGVybi1kdW1teS1zYWx0IQ$XfpIIOzcwiFA0qozKKgGk2Swk3YYBWYIBwfaDZ7dq54";
+
+    fn two_users() -> Users {
+        let mut users = Users::new();
+        users
+            .add("alice", b"alice pw", &["alice@localhost".to_owned()])
+            .unwrap();
+        users.add("bob@localhost", b"bob pw", &[]).unwrap();
+        users
+    }
+
+    #[test]
+    fn a_missing_file_is_no_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = Users::load(&dir.path().join("users.toml")).unwrap();
+        assert!(users.is_empty());
+    }
+
+    #[test]
+    fn save_then_load_gives_the_same_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("var").join("users.toml");
+        two_users().save(&path).unwrap();
+        let loaded = Users::load(&path).unwrap();
+        assert_eq!(loaded.len(), 2);
+        assert!(loaded.verify("alice@localhost", b"alice pw").is_some());
+        assert!(loaded.verify("bob@localhost", b"bob pw").is_some());
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("alice pw"), "{text}");
+        assert!(text.contains("[[user]]"), "{text}");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["users.toml"], "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        fs::write(&path, "[[user]\nname = 1\n").unwrap();
+        let e = Users::load(&path).unwrap_err();
+        assert!(matches!(e, UsersError::Syntax { .. }), "{e}");
+        assert!(e.to_string().contains("users.toml"), "{e}");
+        fs::write(
+            &path,
+            "[[user]]\nname = \"a\"\npassword = \"x\"\nalias = []\n",
+        )
+        .unwrap();
+        let e = Users::load(&path).unwrap_err().to_string();
+        assert!(e.contains("alias"), "unknown keys are refused: {e}");
+    }
+
+    #[test]
+    fn a_bad_entry_is_named_by_file_position_and_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        two_users().save(&path).unwrap();
+        let good = fs::read_to_string(&path).unwrap();
+        let cases = [
+            ("name = \"carol\"\npassword = \"secret\"\n", "PHC"),
+            (
+                "name = \"ca rol\"\npassword = \"{HASH}\"\n",
+                "visible ASCII",
+            ),
+            (
+                "name = \"ALICE\"\npassword = \"{HASH}\"\n",
+                "taken by user alice",
+            ),
+            (
+                "name = \"carol\"\npassword = \"{HASH}\"\naddresses = [\"Alice@localhost\"]\n",
+                "belongs to user alice",
+            ),
+            (
+                "name = \"carol\"\npassword = \"{HASH}\"\naddresses = [\"carol\"]\n",
+                "local-part@domain",
+            ),
+        ];
+        for (entry, reason) in cases {
+            let entry = entry.replace("{HASH}", HASH);
+            fs::write(&path, format!("{good}\n[[user]]\n{entry}")).unwrap();
+            let e = Users::load(&path).unwrap_err();
+            let text = e.to_string();
+            assert!(matches!(e, UsersError::Entry { entry: 3, .. }), "{text}");
+            assert!(
+                text.contains("users.toml") && text.contains(reason),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn edit_saves_only_when_the_change_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        Users::edit(&path, |users| users.add("alice", b"pw", &[]).map(|_| ())).unwrap();
+        let before = fs::read(&path).unwrap();
+        let e = Users::edit(&path, |users| users.add("alice", b"pw", &[]).map(|_| ()));
+        assert!(matches!(e, Err(UsersError::DuplicateName { .. })));
+        assert_eq!(fs::read(&path).unwrap(), before);
+        let removed = Users::edit(&path, |users| users.remove("alice")).unwrap();
+        assert_eq!(removed.name(), "alice");
+        assert!(Users::load(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unwritable_folder_is_an_error_naming_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("not-a-dir");
+        fs::write(&blocker, "").unwrap();
+        let e = two_users().save(&blocker.join("users.toml")).unwrap_err();
+        assert!(matches!(e, UsersError::Io { .. }), "{e}");
+        assert!(e.to_string().contains("not-a-dir"), "{e}");
+    }
+}

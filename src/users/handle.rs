@@ -136,3 +136,79 @@ impl UsersHandle {
 fn record_loaded(users: &Users) {
     metrics::gauge!("tern_users_accounts").set(users.len() as f64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SOON: Duration = Duration::ZERO;
+
+    fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
+
+    #[test]
+    fn the_handle_is_shareable_between_threads() {
+        assert_shareable::<UsersHandle>();
+    }
+
+    #[test]
+    fn edits_are_seen_without_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let handle = UsersHandle::open_checking_every(&path, SOON).unwrap();
+        assert!(handle.find_by_address("alice@localhost").is_none());
+        Users::edit(&path, |users| {
+            users.add("alice@localhost", b"pw", &[]).map(|_| ())
+        })
+        .unwrap();
+        let other_thread = handle.clone();
+        let found = std::thread::spawn(move || other_thread.verify("ALICE@localhost", b"pw"))
+            .join()
+            .unwrap();
+        assert_eq!(
+            found.map(|u| u.name().to_owned()),
+            Some("alice@localhost".into())
+        );
+        assert!(handle.verify("alice@localhost", b"wrong").is_none());
+        Users::edit(&path, |users| users.remove("alice@localhost")).unwrap();
+        assert!(handle.find("alice@localhost").is_none());
+    }
+
+    #[test]
+    fn a_file_turned_bad_keeps_the_last_good_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        Users::edit(&path, |users| users.add("alice", b"pw", &[]).map(|_| ())).unwrap();
+        let handle = UsersHandle::open_checking_every(&path, SOON).unwrap();
+        std::fs::write(
+            &path,
+            "[[user]]\nname = \"alice\"\npassword = \"plaintext\"\n",
+        )
+        .unwrap();
+        assert!(handle.verify("alice", b"pw").is_some());
+        assert!(handle.verify("alice", b"plaintext").is_none());
+        Users::edit(&path, |users| users.add("bob", b"pw", &[]).map(|_| ())).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        Users::edit(&path, |users| users.add("bob", b"pw", &[]).map(|_| ())).unwrap();
+        assert!(handle.find("bob").is_some(), "a good file is read again");
+        assert!(handle.find("alice").is_none());
+    }
+
+    #[test]
+    fn the_file_is_looked_at_only_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let handle = UsersHandle::open_checking_every(&path, Duration::from_secs(3600)).unwrap();
+        Users::edit(&path, |users| users.add("alice", b"pw", &[]).map(|_| ())).unwrap();
+        assert!(handle.find("alice").is_none());
+        assert_eq!(handle.path(), path);
+    }
+
+    #[test]
+    fn a_bad_file_at_open_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        std::fs::write(&path, "not toml [").unwrap();
+        let e = UsersHandle::open(&path).err().unwrap();
+        assert!(e.to_string().contains("users.toml"), "{e}");
+    }
+}
