@@ -178,11 +178,11 @@ fn parse(path: &Path, text: &str) -> Result<Users, UsersError> {
                 password_hash: entry.password,
                 addresses: entry.addresses,
             })
-            .map_err(|source| UsersError::Entry {
+            .map_err(|problem| UsersError::Entry {
                 path: path.to_owned(),
                 entry: index + 1,
                 name,
-                source: Box::new(source),
+                problem: Box::new(problem),
             })?;
     }
     Ok(users)
@@ -234,10 +234,10 @@ fn sibling(path: &Path, suffix: &str, prefix: &str) -> PathBuf {
     parent_dir(path).join(name)
 }
 
-fn io_error(path: &Path, source: io::Error) -> UsersError {
+fn io_error(path: &Path, error: io::Error) -> UsersError {
     UsersError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

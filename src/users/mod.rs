@@ -34,30 +34,32 @@ pub use address::{AddressError, NameError};
 pub use handle::UsersHandle;
 pub use password::{HashError, PasswordError};
 
-/// Everything that can go wrong reading, checking or editing users.
+/// Everything that can go wrong reading, checking or editing users. Each
+/// message is complete on its own (the cause is part of it, not a separate
+/// `source`), so logs and the CLI show it whole and once.
 #[derive(Debug, Error)]
 pub enum UsersError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{}: {message}", path.display())]
     Syntax { path: PathBuf, message: String },
-    #[error("{}: [[user]] entry {entry} (name {name:?}): {source}", path.display())]
+    #[error("{}: [[user]] entry {entry} (name {name:?}): {problem}", path.display())]
     Entry {
         path: PathBuf,
         /// 1-based position of the entry in the file.
         entry: usize,
         name: String,
-        source: Box<UsersError>,
+        problem: Box<UsersError>,
     },
-    #[error("user name {name:?} {source}")]
-    BadName { name: String, source: NameError },
-    #[error("address {address:?}: {source}")]
+    #[error("user name {name:?} {reason}")]
+    BadName { name: String, reason: NameError },
+    #[error("address {address:?}: {reason}")]
     BadAddress {
         address: String,
-        source: AddressError,
+        reason: AddressError,
     },
     #[error("{name} is already taken by user {owner}")]
     DuplicateName { name: String, owner: String },
@@ -69,7 +71,7 @@ pub enum UsersError {
     NotAnAddress { name: String, address: String },
     #[error("password hash: {0}")]
     BadHash(HashError),
-    #[error(transparent)]
+    #[error("{0}")]
     Password(PasswordError),
 }
 
@@ -273,9 +275,9 @@ impl Users {
     /// Checks a user about to be added against the syntax rules and
     /// against every login already taken.
     fn check_new(&self, user: &User) -> Result<(), UsersError> {
-        address::check_name(&user.name).map_err(|source| UsersError::BadName {
+        address::check_name(&user.name).map_err(|reason| UsersError::BadName {
             name: user.name.clone(),
-            source,
+            reason,
         })?;
         if let Some(owner) = self.find_login(&user.name) {
             return Err(UsersError::DuplicateName {
@@ -328,9 +330,9 @@ impl Users {
 }
 
 fn check_address(address: &str) -> Result<(), UsersError> {
-    address::check_address(address).map_err(|source| UsersError::BadAddress {
+    address::check_address(address).map_err(|reason| UsersError::BadAddress {
         address: address.to_owned(),
-        source,
+        reason,
     })
 }
 
@@ -448,14 +450,14 @@ mod tests {
         assert!(matches!(
             users.add("car ol", b"pw", &[]),
             Err(UsersError::BadName {
-                source: NameError::Character,
+                reason: NameError::Character,
                 ..
             })
         ));
         assert!(matches!(
             users.add("carol", b"pw", &addresses(&["carol"])),
             Err(UsersError::BadAddress {
-                source: AddressError::NoAt,
+                reason: AddressError::NoAt,
                 ..
             })
         ));
