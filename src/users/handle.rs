@@ -32,6 +32,8 @@ struct State {
     /// (so a bad file is reported once, not on every check).
     stamp: Option<FileStamp>,
     checked: Instant,
+    /// The last check could not stat the file (warned once until it can).
+    stat_failing: bool,
 }
 
 impl UsersHandle {
@@ -55,6 +57,7 @@ impl UsersHandle {
                     users: Arc::new(users),
                     stamp,
                     checked: Instant::now(),
+                    stat_failing: false,
                 }),
             }),
         })
@@ -103,9 +106,15 @@ impl UsersHandle {
     fn refresh(&self, state: &mut State) {
         let path = &self.shared.path;
         let changed = match FileStamp::current(path) {
-            Ok(stamp) => stamp != state.stamp,
+            Ok(stamp) => {
+                state.stat_failing = false;
+                stamp != state.stamp
+            }
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "users file: cannot stat; keeping the users loaded before");
+                if !state.stat_failing {
+                    tracing::warn!(file = %path.display(), error = %e, "users file: cannot stat; keeping the users loaded before");
+                }
+                state.stat_failing = true;
                 false
             }
         };
