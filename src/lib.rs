@@ -11,3 +11,4 @@ pub mod relay;
 pub mod runtime;
 pub mod smtp;
 pub mod spool;
+pub mod users;

@@ -35,6 +35,56 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Manage the users file (`[users] file`): accounts, passwords and the
+    /// addresses that deliver to them. A running server sees changes within
+    /// a second.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user. A NAME holding '@' is also the user's first address.
+    Add {
+        /// Login name, e.g. `alice` or `alice@localhost`.
+        name: String,
+        /// Another address delivering to this user (repeatable).
+        #[arg(long = "address", value_name = "ADDR")]
+        addresses: Vec<String>,
+        /// Read the password from the first line of standard input (required).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Delete a user and every address of theirs.
+    Del { name: String },
+    /// Set a user's password.
+    Passwd {
+        name: String,
+        /// Read the password from the first line of standard input (required).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// One line per user with their addresses, or a JSON array with --json.
+    /// Password hashes are never printed.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or remove an address of a user.
+    Alias {
+        #[command(subcommand)]
+        command: AliasCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AliasCommand {
+    /// Give user NAME the address ADDRESS.
+    Add { name: String, address: String },
+    /// Take ADDRESS away from user NAME.
+    Del { name: String, address: String },
 }
 
 #[derive(Subcommand)]
@@ -62,6 +112,7 @@ fn main() -> ExitCode {
         Command::Run => run(cli.config.as_deref()),
         Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Queue { command } => queue(cli.config.as_deref(), command),
+        Command::User { command } => user(cli.config.as_deref(), command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -190,4 +241,82 @@ fn queue(path: Option<&Path>, command: QueueCommand) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+fn user(path: Option<&Path>, command: UserCommand) -> Result<()> {
+    use tern::users::Users;
+    let (config, _) = load(path)?;
+    let file = config.users.file.as_path();
+    let mut out = std::io::stdout().lock();
+    match command {
+        UserCommand::Add {
+            name, addresses, ..
+        } => {
+            let password = read_password()?;
+            let added = Users::edit(file, |users| {
+                users
+                    .add(&name, password.as_bytes(), &addresses)
+                    .map(|user| user.addresses().join(", "))
+            })?;
+            let added = if added.is_empty() {
+                "no address"
+            } else {
+                &added
+            };
+            writeln!(out, "added user {name} ({added}) to {}", file.display())?;
+        }
+        UserCommand::Del { name } => {
+            Users::edit(file, |users| users.remove(&name))?;
+            writeln!(out, "deleted user {name} from {}", file.display())?;
+        }
+        UserCommand::Passwd { name, .. } => {
+            let password = read_password()?;
+            Users::edit(file, |users| users.set_password(&name, password.as_bytes()))?;
+            writeln!(out, "password of {name} changed in {}", file.display())?;
+        }
+        UserCommand::List { json } => {
+            let users = Users::load(file)?;
+            if json {
+                let list: Vec<_> = users
+                    .iter()
+                    .map(|u| serde_json::json!({ "name": u.name(), "addresses": u.addresses() }))
+                    .collect();
+                serde_json::to_writer_pretty(&mut out, &list)?;
+                writeln!(out)?;
+            } else {
+                for u in users.iter() {
+                    writeln!(out, "{}\t{}", u.name(), u.addresses().join(", "))?;
+                }
+                writeln!(out, "-- {} user(s) in {}", users.len(), file.display())?;
+            }
+        }
+        UserCommand::Alias {
+            command: AliasCommand::Add { name, address },
+        } => {
+            Users::edit(file, |users| users.add_address(&name, &address))?;
+            writeln!(out, "{address} now delivers to {name}")?;
+        }
+        UserCommand::Alias {
+            command: AliasCommand::Del { name, address },
+        } => {
+            Users::edit(file, |users| users.remove_address(&name, &address))?;
+            writeln!(out, "{address} removed from {name}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The first line of standard input, without its line ending.
+fn read_password() -> Result<String> {
+    let mut line = String::new();
+    let read = std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    if read == 0 {
+        anyhow::bail!("no password on standard input (--password-stdin reads one line)");
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    Ok(password.to_owned())
 }
