@@ -309,12 +309,17 @@ fn idle_client_is_timed_out_with_421() {
 }
 
 #[test]
-fn no_open_relay_for_untrusted_clients() {
+fn no_open_relay_for_untrusted_clients_and_only_known_local_users() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     // Loopback is not trusted here, so the test client is a stranger.
     config.relay.mynetworks = vec![];
     config.relay.local_domains = vec!["local.test".into()];
+    let mut users = tern::users::Users::new();
+    users
+        .add("user", b"secret", &["user@local.test".to_string()])
+        .unwrap();
+    users.save(&config.users.file).unwrap();
     let server = start(&config);
     let (mut c, _) = RawClient::connect(server.smtp_addrs[0]).unwrap();
     c.cmd("EHLO stranger.test").unwrap();
@@ -322,7 +327,11 @@ fn no_open_relay_for_untrusted_clients() {
     let denied = c.cmd("RCPT TO:<victim@example.net>").unwrap();
     assert_eq!(denied.code, 554, "{denied:?}");
     assert!(denied.text().contains("5.7.1"), "{denied:?}");
-    assert_eq!(c.cmd("RCPT TO:<user@local.test>").unwrap().code, 250);
+    // A local domain takes mail for its users only, from anyone.
+    let unknown = c.cmd("RCPT TO:<nobody@local.test>").unwrap();
+    assert_eq!(unknown.code, 550, "{unknown:?}");
+    assert!(unknown.text().contains("5.1.1"), "{unknown:?}");
+    assert_eq!(c.cmd("RCPT TO:<User@Local.test>").unwrap().code, 250);
     assert_eq!(c.cmd("DATA").unwrap().code, 354);
     c.send(&data_frame(b"Subject: local only\r\n\r\nhi\r\n"))
         .unwrap();
@@ -330,7 +339,7 @@ fn no_open_relay_for_untrusted_clients() {
     let queued = server.spool.queued();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].envelope.recipients.len(), 1);
-    assert_eq!(queued[0].envelope.recipients[0].address, "user@local.test");
+    assert_eq!(queued[0].envelope.recipients[0].address, "User@Local.test");
     server.shutdown();
 }
 

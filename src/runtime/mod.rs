@@ -28,11 +28,12 @@ use crate::queue::scheduler::Scheduler;
 use crate::relay::connection::Connector;
 use crate::relay::delivery::{self, Relay, RelaySettings};
 use crate::relay::dns::{DnsConfig, MxResolver};
-use crate::relay::early_route::EarlyRoute;
 use crate::relay::pool::ConnectionPool;
+use crate::relay::recipient_check::RecipientCheck;
 use crate::relay::routing::RouteTable;
 use crate::smtp::{RelayAccess, SessionConfig};
 use crate::spool::{QueueId, RecipientState, Spool, SpoolConfig, SpoolError};
+use crate::users::UsersHandle;
 use admin::{AdminCommand, AdminRequest, AdminSocket};
 use listener::{Acceptor, BoundAddress, ListenerKind};
 use outbound::{CertCheck, TokioConnector, UringConnector};
@@ -89,7 +90,7 @@ pub enum StartError {
     #[error("core {core}: {message}")]
     Core { core: usize, message: String },
     #[error("{key}: {message}")]
-    Relay { key: &'static str, message: String },
+    Setting { key: &'static str, message: String },
     #[error("admin socket in {dir}: {source}")]
     Admin {
         dir: String,
@@ -310,12 +311,13 @@ struct RelayParts {
     hostname: String,
     tls_any: Arc<rustls::ClientConfig>,
     tls_verified: Option<Arc<rustls::ClientConfig>>,
+    users: UsersHandle,
 }
 
 impl RelayParts {
     fn from_config(config: &Config, cores: usize) -> Result<RelayParts, StartError> {
         let relay = &config.relay;
-        let routes = RouteTable::new(relay).map_err(|e| StartError::Relay {
+        let routes = RouteTable::new(relay).map_err(|e| StartError::Setting {
             key: "[relay.routes]",
             message: e.to_string(),
         })?;
@@ -326,11 +328,11 @@ impl RelayParts {
                 .any(|r| r.tls() == Some(OutboundTls::Verify));
         let tls_verified = if verify_wanted {
             let roots = match &relay.tls_ca_file {
-                Some(path) => outbound::roots_from_pem(path).map_err(|e| StartError::Relay {
+                Some(path) => outbound::roots_from_pem(path).map_err(|e| StartError::Setting {
                     key: "[relay] tls_ca_file",
                     message: e.to_string(),
                 })?,
-                None => outbound::system_roots().map_err(|e| StartError::Relay {
+                None => outbound::system_roots().map_err(|e| StartError::Setting {
                     key: "[relay] tls",
                     message: format!(
                         "\"verify\" needs trust anchors: {e}; set [relay] tls_ca_file"
@@ -363,6 +365,10 @@ impl RelayParts {
             hostname: config.hostname(),
             tls_any: outbound::client_config(CertCheck::None),
             tls_verified,
+            users: UsersHandle::open(&config.users.file).map_err(|e| StartError::Setting {
+                key: "[users] file",
+                message: e.to_string(),
+            })?,
         })
     }
 
@@ -469,7 +475,11 @@ where
     };
     schedule_recovered(&scheduler, recovered);
     let routes = Rc::new(parts.routes);
-    let recipient_hook = Rc::new(EarlyRoute::new(Rc::clone(&resolver), Rc::clone(&routes)));
+    let recipient_hook = Rc::new(RecipientCheck::new(
+        Rc::clone(&resolver),
+        Rc::clone(&routes),
+        parts.users.clone(),
+    ));
     let delivery = Rc::new(Relay::new(
         RelaySettings {
             hostname: parts.hostname,

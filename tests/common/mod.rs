@@ -32,6 +32,7 @@ pub fn test_config(dir: &Path) -> Config {
     c.spool.segment_size = 1024 * 1024;
     c.metrics.listen = None;
     c.relay.hold = true;
+    c.users.file = dir.join("users.toml");
     c
 }
 
