@@ -201,12 +201,14 @@ fn commit_batch(users: &[Arc<UserMailboxes>], on_release: &ReleaseFn) {
     for batch in flushed {
         match batch.written {
             Ok(()) => {
-                for waiter in batch.waiters {
-                    waiter.resolve(Ok(()));
-                }
+                // Releases first: once a change's Durable resolves, the
+                // messages it freed have been handed back.
                 for (id, rcpt) in batch.releases {
                     metrics::counter!("tern_mailbox_releases_total").increment(1);
                     on_release(id, rcpt);
+                }
+                for waiter in batch.waiters {
+                    waiter.resolve(Ok(()));
                 }
             }
             Err(error) => {

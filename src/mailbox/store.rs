@@ -306,15 +306,12 @@ fn copy_pairs(
         .copied()
         .filter(|uid| folder.messages.contains_key(uid))
         .collect();
-    let mut next = target.uidnext;
-    let mut pairs = Vec::with_capacity(sources.len());
-    for source in sources {
-        if next > UID_MAX {
-            return Err(MailboxError::UidsExhausted(target.name.clone()));
-        }
-        pairs.push((source, next));
-        next += 1;
+    let last = (u64::from(target.uidnext) + sources.len() as u64).saturating_sub(1);
+    if !sources.is_empty() && last > u64::from(UID_MAX) {
+        return Err(MailboxError::UidsExhausted(target.name.clone()));
     }
+    // Sources drive the zip, so the range yields only UIDs checked above.
+    let pairs: Vec<(Uid, Uid)> = sources.into_iter().zip(target.uidnext..).collect();
     Ok(pairs)
 }
 
