@@ -130,12 +130,8 @@ impl Eq for Keyword {}
 
 impl Ord for Keyword {
     fn cmp(&self, other: &Keyword) -> Ordering {
-        let fold = |s: &str| {
-            s.bytes()
-                .map(|b| b.to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        };
-        fold(&self.0).cmp(&fold(&other.0))
+        let mine = self.0.bytes().map(|b| b.to_ascii_lowercase());
+        mine.cmp(other.0.bytes().map(|b| b.to_ascii_lowercase()))
     }
 }
 

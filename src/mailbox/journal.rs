@@ -11,7 +11,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::error::io_error;
@@ -19,6 +19,8 @@ use super::names::{journal_file, journal_temp_file};
 use super::record::{decode_record, Op, FILE_MAGIC};
 use super::MailboxError;
 
+/// Journals hold a user's private mail metadata: owner-only.
+const JOURNAL_MODE: u32 = 0o600;
 /// Compaction runs once the journal is this many times the size of a
 /// fresh snapshot of the live state.
 const COMPACT_RATIO: u64 = 4;
@@ -69,6 +71,7 @@ impl Journal {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(JOURNAL_MODE)
             .open(&path)
             .map_err(io_error(&path))?;
         let mut bytes = Vec::new();
@@ -186,6 +189,7 @@ impl Journal {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(JOURNAL_MODE)
             .open(&self.temp)
             .map_err(io_error(&self.temp))?;
         file.write_all_at(&FILE_MAGIC, 0)
@@ -242,6 +246,9 @@ mod tests {
         );
         assert_eq!(fs::metadata(&path).unwrap().len(), whole);
         assert_eq!(opened.journal.len(), whole);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "journal readable by others: {mode:o}");
     }
 
     #[test]

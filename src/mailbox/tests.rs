@@ -602,3 +602,45 @@ async fn a_stopped_store_refuses_changes() {
     ));
     assert_eq!(user.status("INBOX").unwrap().messages, 0);
 }
+
+#[tokio::test]
+async fn a_failed_journal_write_fails_the_change_and_refuses_later_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, released) = open(dir.path());
+    let user = store.user("pat").unwrap();
+    for n in 1..=100 {
+        deliver(&user, "INBOX", n).await;
+    }
+    // Appends still reach the open (now unlinked) file, but the first
+    // compaction cannot create its temporary file.
+    fs::remove_dir_all(dir.path()).unwrap();
+    let all = uids(&user, "INBOX");
+    let seen = flags(&["\\Seen"]);
+    let mut failure = None;
+    for round in 0..200 {
+        let op = if round % 2 == 0 {
+            FlagOp::Add
+        } else {
+            FlagOp::Remove
+        };
+        if let Err(err) = user.store_flags("INBOX", &all, op, &seen).unwrap().1.await {
+            failure = Some(err);
+            break;
+        }
+    }
+    assert!(matches!(failure, Some(MailboxError::JournalFailed { .. })));
+    assert!(matches!(
+        user.expunge("INBOX", None),
+        Err(MailboxError::JournalFailed { .. })
+    ));
+    assert!(matches!(
+        user.delete("Junk"),
+        Err(MailboxError::JournalFailed { .. })
+    ));
+    assert!(released.lock().unwrap().is_empty());
+    assert_eq!(
+        user.status("INBOX").unwrap().messages,
+        100,
+        "reads still answer"
+    );
+}
