@@ -5,6 +5,14 @@
 //! append-only, checksummed journal per user, group-committed by one
 //! background thread for the whole store.
 //!
+//! Releases: when the last folder entry of a (QueueId, recipient) is
+//! expunged or its folder deleted, the store's `on_release` callback runs
+//! once, on the commit thread, after the journal record is synced and
+//! before the change's `Durable` resolves. A crash between that sync and
+//! the owner acting on the callback loses the release, so the owner
+//! reconciles at start: a recipient the spool keeps for a mailbox that
+//! no longer `holds` it is released then.
+//!
 //! The index must never copy message bytes (they stay in the spool),
 //! never acknowledge a change (resolve a `Durable`) or release a message
 //! before the journal record is synced, and never block a protocol

@@ -1,6 +1,9 @@
 //! Tests of the whole mailbox index through its public API: persistence
 //! across reopen, recovery, release timing, concurrency, RFC 3501 folder
 //! rules and typed refusals.
+//!
+//! These tests must never reach into private state to prove a point the
+//! public API or the files on disk can show.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -644,3 +647,13 @@ async fn a_failed_journal_write_fails_the_change_and_refuses_later_ones() {
         "reads still answer"
     );
 }
+
+/// Sessions on every core share the store and user handles, and await
+/// `Durable`s on any executor.
+const _: fn() = || {
+    fn shared_across_threads<T: Send + Sync>() {}
+    fn sent_across_threads<T: Send>() {}
+    shared_across_threads::<MailboxStore>();
+    shared_across_threads::<UserMailboxes>();
+    sent_across_threads::<Durable>();
+};
