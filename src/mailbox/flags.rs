@@ -157,13 +157,6 @@ pub struct Flags {
 }
 
 impl Flags {
-    pub fn system(system: SystemFlags) -> Flags {
-        Flags {
-            system,
-            keywords: BTreeSet::new(),
-        }
-    }
-
     /// Adds a flag by its wire name: `\Seen` etc. (any case) or a keyword.
     /// `\Recent` and other backslash names are refused.
     pub fn insert_name(&mut self, name: &str) -> Result<(), MailboxError> {
