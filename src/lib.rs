@@ -5,6 +5,7 @@
 pub mod config;
 pub mod envelope;
 pub mod metrics;
+pub mod pop3;
 pub mod queue;
 pub mod queue_report;
 pub mod relay;
