@@ -295,7 +295,10 @@ mod tests {
         );
         assert!(matches!(parse("AUTH "), Err(CommandError::Syntax(_))));
         assert!(matches!(parse("AUTH PLAIN "), Err(CommandError::Syntax(_))));
-        assert!(matches!(parse("AUTH PLAIN a b"), Err(CommandError::Syntax(_))));
+        assert!(matches!(
+            parse("AUTH PLAIN a b"),
+            Err(CommandError::Syntax(_))
+        ));
     }
 
     #[test]
