@@ -90,7 +90,7 @@ impl<C> OpenDrop<C> {
         Ok(index)
     }
 
-    /// (number, index) of every message not marked deleted.
+    /// (message number, message) of every message not marked deleted.
     fn visible(&self) -> impl Iterator<Item = (usize, &super::DropMessage)> {
         self.maildrop
             .messages()
@@ -874,8 +874,9 @@ mod tests {
         }
 
         fn take_output(&mut self) -> String {
+            let written = self.session.output().len();
             let out = String::from_utf8_lossy(self.session.output()).into_owned();
-            self.session.consume_output(out.len());
+            self.session.consume_output(written);
             out
         }
 
