@@ -6,6 +6,7 @@ pub mod config;
 pub mod envelope;
 pub mod mailbox;
 pub mod metrics;
+pub mod pop3;
 pub mod queue;
 pub mod queue_report;
 pub mod relay;
