@@ -41,6 +41,15 @@ impl Durable {
         (tx, Durable { rx })
     }
 
+    /// Already resolved with `error`: for a change refused before it
+    /// reached the journal, where the caller's API wants a `Durable`.
+    pub fn failed(error: MailboxError) -> Durable {
+        let (tx, durable) = Durable::pair();
+        // The receiver is alive in `durable`, so the send cannot fail.
+        let _ = tx.send(Err(error));
+        durable
+    }
+
     /// Already resolved: nothing was waiting to be written.
     pub(crate) fn ready() -> Durable {
         let (tx, durable) = Durable::pair();

@@ -24,6 +24,8 @@ pub enum AttemptOutcome {
         /// The host that took it, for logs.
         host: String,
     },
+    /// Filed in a local user's mailbox, which now holds the spool record.
+    Stored { user: String },
     /// Try again later (4xx, no connection, DNS trouble).
     Temporary {
         reply: ReceivedReply,
@@ -58,6 +60,7 @@ pub fn settle(
 ) -> (RecipientState, Option<BounceReport>) {
     match outcome {
         AttemptOutcome::Delivered { .. } => (RecipientState::Delivered, None),
+        AttemptOutcome::Stored { .. } => (RecipientState::InMailbox, None),
         AttemptOutcome::Permanent { reply, host } => {
             let report = report(reply, host, default_status(reply));
             (
@@ -171,6 +174,17 @@ mod tests {
         assert_eq!(
             settle(&RecipientState::Pending, &outcome, &POLICY, 0, 5),
             (RecipientState::Delivered, None)
+        );
+    }
+
+    #[test]
+    fn stored_in_a_mailbox_keeps_the_record() {
+        let outcome = AttemptOutcome::Stored {
+            user: "alice".into(),
+        };
+        assert_eq!(
+            settle(&RecipientState::Pending, &outcome, &POLICY, 0, 5),
+            (RecipientState::InMailbox, None)
         );
     }
 

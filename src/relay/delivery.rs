@@ -25,6 +25,7 @@ use super::next_hop::{HopHost, NextHop};
 use super::pool::{Acquired, ConnectionPool, PoolKey, Pooled};
 use super::routing::{Hop, RouteTable};
 use crate::config::OutboundTls;
+use crate::mailbox::{Flags, MailboxError, MailboxStore, NewMessage, INBOX};
 use crate::queue::dsn::{build_dsn, BounceRequest, DsnAction, RecipientReport};
 use crate::queue::retry::RetryPolicy;
 use crate::queue::scheduler::Scheduler;
@@ -35,6 +36,7 @@ use crate::smtp::client::{
 use crate::smtp::received_header;
 use crate::smtp::reply::class_label;
 use crate::spool::{MessageView, QueueId, RecipientState, Spool, SpoolError, SpoolWriter};
+use crate::users::UsersHandle;
 
 /// A configured next hop's addresses are looked up again after this.
 const NEXT_HOP_ADDRESS_TTL: Duration = Duration::from_secs(60);
@@ -52,6 +54,10 @@ pub struct RelaySettings {
     pub tls_any: Arc<rustls::ClientConfig>,
     /// STARTTLS with the chain checked (verify); None when no route asks.
     pub tls_verified: Option<Arc<rustls::ClientConfig>>,
+    /// Owners of local addresses.
+    pub users: UsersHandle,
+    /// Where local recipients' messages are filed.
+    pub mailboxes: Arc<MailboxStore>,
 }
 
 /// A group of recipients of one message that share one transaction.
@@ -219,6 +225,7 @@ impl<C: Connector + 'static> Relay<C> {
         };
         let now = now_ms();
         let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
+        let mut local: Vec<usize> = Vec::new();
         let mut later: Option<u64> = None;
         for (index, recipient) in view.envelope.recipients.iter().enumerate() {
             match view.states.get(index) {
@@ -231,7 +238,10 @@ impl<C: Connector + 'static> Relay<C> {
                 _ => continue,
             }
             let key = match self.settings.routes.hop_for(&recipient.address) {
-                Hop::Local => continue,
+                Hop::Local => {
+                    local.push(index);
+                    continue;
+                }
                 Hop::Static { next_hop, tls } => GroupKey::Static { next_hop, tls },
                 Hop::Mx { port, tls } => GroupKey::Mx {
                     domain: domain_of(&recipient.address),
@@ -241,12 +251,13 @@ impl<C: Connector + 'static> Relay<C> {
             };
             groups.entry(key).or_default().push(index);
         }
-        if groups.is_empty() {
+        if groups.is_empty() && local.is_empty() {
             return later;
         }
         let trace = Rc::new(
             received_header(&view.envelope, &id.to_string(), &self.settings.hostname).into_bytes(),
         );
+        let mut outcomes = self.deliver_local(&view, &trace, &local).await;
         let mut tasks = Vec::with_capacity(groups.len());
         for (key, indexes) in groups {
             let relay = Rc::clone(self);
@@ -256,7 +267,6 @@ impl<C: Connector + 'static> Relay<C> {
                 relay.deliver_group(&view, &trace, &key, indexes).await
             }));
         }
-        let mut outcomes = Vec::new();
         for task in tasks {
             match task.await {
                 Ok(group) => outcomes.extend(group),
@@ -267,6 +277,78 @@ impl<C: Connector + 'static> Relay<C> {
         match (next, later) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// Local recipients: into the INBOX of the user who owns the address.
+    /// The mailbox refers to the spool record (no copy) and serves it
+    /// behind a `Return-Path:` and the `Received:` trace.
+    async fn deliver_local(
+        &self,
+        view: &MessageView,
+        trace: &[u8],
+        indexes: &[usize],
+    ) -> Vec<(usize, AttemptOutcome)> {
+        let mut outcomes = Vec::with_capacity(indexes.len());
+        for &index in indexes {
+            let outcome = self.deliver_to_mailbox(view, trace, index).await;
+            outcomes.push((index, outcome));
+        }
+        outcomes
+    }
+
+    async fn deliver_to_mailbox(
+        &self,
+        view: &MessageView,
+        trace: &[u8],
+        index: usize,
+    ) -> AttemptOutcome {
+        let temporary = |text: String| AttemptOutcome::Temporary {
+            reply: ReceivedReply::local(451, (4, 3, 0), &text),
+            host: None,
+        };
+        let Some(recipient) = view.envelope.recipients.get(index) else {
+            return temporary(format!("recipient {index} out of range"));
+        };
+        // The user may have been removed since RCPT was accepted.
+        let Some(user) = self.settings.users.find_by_address(&recipient.address) else {
+            return AttemptOutcome::Permanent {
+                reply: ReceivedReply::local(
+                    550,
+                    (5, 1, 1),
+                    "user unknown in local recipient table",
+                ),
+                host: None,
+            };
+        };
+        let mailboxes = match self.settings.mailboxes.user(user.name()) {
+            Ok(m) => m,
+            Err(e) => return temporary(format!("mailbox of {}: {e}", user.name())),
+        };
+        let stored = AttemptOutcome::Stored {
+            user: user.name().to_owned(),
+        };
+        let rcpt = index as u32;
+        if mailboxes.holds(view.id, rcpt) {
+            // Stored before a crash cut the spool update short.
+            return stored;
+        }
+        let mut prefix = format!("Return-Path: <{}>\r\n", view.envelope.sender).into_bytes();
+        prefix.extend_from_slice(trace);
+        let message = NewMessage {
+            id: view.id,
+            rcpt,
+            size: (prefix.len() + view.data().len()) as u64,
+            internal_date_ms: view.envelope.received_at_ms,
+            prefix,
+        };
+        match mailboxes.deliver(INBOX, message, Flags::default()) {
+            Ok((_uid, durable)) => match durable.await {
+                Ok(()) => stored,
+                Err(e) => temporary(format!("mailbox of {}: {e}", user.name())),
+            },
+            Err(MailboxError::AlreadyHeld { .. }) => stored,
+            Err(e) => temporary(format!("mailbox of {}: {e}", user.name())),
         }
     }
 
@@ -356,7 +438,9 @@ impl<C: Connector + 'static> Relay<C> {
             .get(index)
             .map_or("", |r| r.address.as_str());
         let (result, class) = match (outcome, state) {
-            (AttemptOutcome::Delivered { .. }, _) => ("delivered", "2xx"),
+            (AttemptOutcome::Delivered { .. } | AttemptOutcome::Stored { .. }, _) => {
+                ("delivered", "2xx")
+            }
             (AttemptOutcome::Temporary { reply, .. }, RecipientState::Deferred { .. }) => {
                 ("deferred", reply_class(reply))
             }
@@ -371,6 +455,12 @@ impl<C: Connector + 'static> Relay<C> {
                 metrics::histogram!("tern_delivery_latency_seconds")
                     .record(latency_ms as f64 / 1000.0);
                 info!(queue_id = %id, to = %address, relay = %host, delay_ms = latency_ms, "delivered");
+            }
+            (AttemptOutcome::Stored { user }, _) => {
+                let latency_ms = now.saturating_sub(view.envelope.received_at_ms);
+                metrics::histogram!("tern_delivery_latency_seconds")
+                    .record(latency_ms as f64 / 1000.0);
+                info!(queue_id = %id, to = %address, mailbox = %user, delay_ms = latency_ms, "delivered to mailbox");
             }
             (
                 _,

@@ -23,6 +23,10 @@ pub enum ListenerKind {
     Smtp,
     /// Submission with STARTTLS (port 587 in production).
     Submission,
+    /// POP3 with STLS (port 110 in production).
+    Pop3,
+    /// POP3 over implicit TLS (port 995 in production, RFC 8314).
+    Pop3Tls,
 }
 
 impl ListenerKind {
@@ -30,6 +34,8 @@ impl ListenerKind {
         match self {
             ListenerKind::Smtp => "smtp",
             ListenerKind::Submission => "submission",
+            ListenerKind::Pop3 => "pop3",
+            ListenerKind::Pop3Tls => "pop3s",
         }
     }
 }

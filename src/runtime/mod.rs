@@ -8,6 +8,9 @@
 pub mod admin;
 pub mod listener;
 pub mod outbound;
+pub mod pop3_backend;
+pub mod pop3_conn;
+pub mod session_io;
 pub mod smtp_conn;
 pub mod tls;
 pub mod transport;
@@ -20,9 +23,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, IoMode, OutboundTls};
+use crate::mailbox::MailboxStore;
+use crate::pop3::{Pop3Config, AUTOLOGOUT_MIN};
 use crate::queue::retry::RetryPolicy;
 use crate::queue::scheduler::Scheduler;
 use crate::relay::connection::Connector;
@@ -32,13 +37,18 @@ use crate::relay::pool::ConnectionPool;
 use crate::relay::recipient_check::RecipientCheck;
 use crate::relay::routing::RouteTable;
 use crate::smtp::{RelayAccess, SessionConfig};
+use crate::spool::SpoolWriter;
 use crate::spool::{QueueId, RecipientState, Spool, SpoolConfig, SpoolError};
 use crate::users::UsersHandle;
 use admin::{AdminCommand, AdminRequest, AdminSocket};
 use listener::{Acceptor, BoundAddress, ListenerKind};
 use outbound::{CertCheck, TokioConnector, UringConnector};
+use pop3_backend::{MaildropLocks, Pop3Stores};
+use pop3_conn::Pop3Context;
 use smtp_conn::CoreContext;
 
+/// Folder of the mailbox journals inside the spool directory.
+const MAILBOX_DIR: &str = "mailboxes";
 /// Per query attempt; hickory's default.
 const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per query (hickory's default), across the configured servers.
@@ -103,8 +113,12 @@ pub enum StartError {
 pub struct ServerHandle {
     pub smtp_addrs: Vec<SocketAddr>,
     pub submission_addrs: Vec<SocketAddr>,
+    pub pop3_addrs: Vec<SocketAddr>,
+    pub pop3_tls_addrs: Vec<SocketAddr>,
     pub driver: Driver,
     pub spool: Arc<Spool>,
+    /// Local users' mailboxes (their messages stay in the spool).
+    pub mailboxes: Arc<MailboxStore>,
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     admin: Option<AdminSocket>,
@@ -139,6 +153,10 @@ struct CoreSetup {
     shutdown_timeout: Duration,
     ready: mpsc::Sender<Result<(), String>>,
     relay: CoreRelay,
+    /// Mailbox releases to persist (core 0 only).
+    releases: Option<tokio::sync::mpsc::UnboundedReceiver<(QueueId, u32)>>,
+    pop3_config: Arc<Pop3Config>,
+    maildrop_locks: Arc<MaildropLocks>,
 }
 
 /// What one core's delivery worker is built from.
@@ -180,6 +198,12 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             ListenerKind::Submission,
             &config.smtp.submission,
         ),
+        ("[pop3] listen", ListenerKind::Pop3, &config.pop3.listen),
+        (
+            "[pop3] tls_listen",
+            ListenerKind::Pop3Tls,
+            &config.pop3.tls_listen,
+        ),
     ] {
         for &addr in addrs {
             let b = listener::bind_per_core(kind, addr, cores)
@@ -192,6 +216,18 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     kinds.dedup();
     smtp_conn::register_metrics(&kinds);
     let submission_addrs = addrs_of(&bound, ListenerKind::Submission);
+    let pop3_addrs = addrs_of(&bound, ListenerKind::Pop3);
+    let pop3_tls_addrs = addrs_of(&bound, ListenerKind::Pop3Tls);
+    if !config.imap.listen.is_empty() || !config.imap.tls_listen.is_empty() {
+        warn!("IMAP is not built yet: the [imap] listeners are not opened");
+    }
+    let pop3_config = Arc::new(Pop3Config {
+        hostname: config.hostname(),
+        stls_available: tls.is_some(),
+        allow_plaintext_auth: config.pop3.allow_plaintext_auth,
+        autologout: AUTOLOGOUT_MIN,
+    });
+    let maildrop_locks = Arc::new(MaildropLocks::default());
 
     let spool = Spool::open(SpoolConfig {
         dir: config.spool.dir.clone(),
@@ -203,16 +239,34 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         source,
     })?;
 
-    let relay_parts = RelayParts::from_config(config, cores)?;
+    // A mailbox lets go of a message on the commit thread; the spool
+    // writer lives on a core, so the release travels to core 0.
+    let (release_tx, release_rx) = tokio::sync::mpsc::unbounded_channel::<(QueueId, u32)>();
+    let mailbox_dir = config.spool.dir.join(MAILBOX_DIR);
+    let for_store = release_tx.clone();
+    let mailboxes = MailboxStore::open(
+        &mailbox_dir,
+        Box::new(move |id, rcpt| {
+            let _ = for_store.send((id, rcpt));
+        }),
+    )
+    .map_err(|e| StartError::Setting {
+        key: "[spool] dir",
+        message: format!("mailboxes in {}: {e}", mailbox_dir.display()),
+    })?;
+    let relay_parts = RelayParts::from_config(config, cores, &mailboxes)?;
     delivery::register_metrics();
     // Each core delivers the recovered messages of some segments: spread
     // by segment so that the cores share the backlog after a restart.
     let mut recovered: Vec<Vec<(QueueId, Vec<RecipientState>)>> =
         (0..cores).map(|_| Vec::new()).collect();
     for message in spool.queued() {
+        find_lost_releases(&message, &relay_parts.users, &mailboxes, &release_tx);
         let core = (message.id.segment_seq() % cores as u64) as usize;
         recovered[core].push((message.id, message.states));
     }
+    drop(release_tx);
+    let mut release_rx = Some(release_rx);
     let mut admin_senders = Vec::with_capacity(cores);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -230,6 +284,9 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         admin_senders.push(admin_tx);
         let setup = CoreSetup {
             relay: relay_parts.for_core(recovered, admin_rx),
+            releases: release_rx.take(),
+            pop3_config: Arc::clone(&pop3_config),
+            maildrop_locks: Arc::clone(&maildrop_locks),
             core,
             driver,
             listeners,
@@ -253,8 +310,11 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     let mut handle = ServerHandle {
         smtp_addrs,
         submission_addrs,
+        pop3_addrs,
+        pop3_tls_addrs,
         driver,
         spool,
+        mailboxes,
         shutdown: shutdown_tx,
         threads,
         admin: None,
@@ -312,10 +372,15 @@ struct RelayParts {
     tls_any: Arc<rustls::ClientConfig>,
     tls_verified: Option<Arc<rustls::ClientConfig>>,
     users: UsersHandle,
+    mailboxes: Arc<MailboxStore>,
 }
 
 impl RelayParts {
-    fn from_config(config: &Config, cores: usize) -> Result<RelayParts, StartError> {
+    fn from_config(
+        config: &Config,
+        cores: usize,
+        mailboxes: &Arc<MailboxStore>,
+    ) -> Result<RelayParts, StartError> {
         let relay = &config.relay;
         let routes = RouteTable::new(relay).map_err(|e| StartError::Setting {
             key: "[relay.routes]",
@@ -369,6 +434,7 @@ impl RelayParts {
                 key: "[users] file",
                 message: e.to_string(),
             })?,
+            mailboxes: Arc::clone(mailboxes),
         })
     }
 
@@ -450,6 +516,9 @@ where
         shutdown_timeout,
         ready,
         relay,
+        releases,
+        pop3_config,
+        maildrop_locks,
         ..
     } = setup;
     let writer = match spool.writer(core) {
@@ -488,6 +557,8 @@ where
             connect_timeout: parts.connect_timeout,
             tls_any: parts.tls_any,
             tls_verified: parts.tls_verified,
+            users: parts.users.clone(),
+            mailboxes: Arc::clone(&parts.mailboxes),
         },
         Rc::clone(&scheduler),
         Arc::clone(&spool),
@@ -501,11 +572,25 @@ where
         connector,
     ));
     let delivery_loop = tokio::task::spawn_local(delivery.run(shutdown.clone()));
+    if let Some(releases) = releases {
+        tokio::task::spawn_local(persist_releases(releases, Rc::clone(&writer)));
+    }
     tokio::task::spawn_local(serve_admin(admin, Rc::clone(&scheduler)));
+    let pop3 = Rc::new(Pop3Context {
+        config: pop3_config,
+        stores: Rc::new(Pop3Stores {
+            users: parts.users.clone(),
+            mailboxes: Arc::clone(&parts.mailboxes),
+            spool: Arc::clone(&spool),
+            locks: maildrop_locks,
+        }),
+        tls: tls.clone(),
+    });
     let ctx = Rc::new(CoreContext {
         core,
         session_config,
         tls,
+        pop3,
         spool: writer,
         scheduler: Rc::clone(&scheduler),
         recipient_hook,
@@ -574,6 +659,60 @@ fn schedule_recovered(scheduler: &Scheduler, recovered: Vec<(QueueId, Vec<Recipi
     }
 }
 
+/// A recipient whose message a mailbox no longer holds is delivered for
+/// good: its record may go. Runs on core 0 for the whole store.
+async fn persist_releases(
+    mut releases: tokio::sync::mpsc::UnboundedReceiver<(QueueId, u32)>,
+    writer: Rc<RefCell<SpoolWriter>>,
+) {
+    while let Some((id, rcpt)) = releases.recv().await {
+        let update = [(rcpt as usize, RecipientState::Delivered)];
+        let commit = writer.borrow_mut().update_recipients(&id, &update);
+        let result = match commit {
+            Ok(commit) => commit.await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => debug!(queue_id = %id, rcpt, "released by its mailbox"),
+            // The record stays; the next start finds the release again.
+            Err(e) => warn!(queue_id = %id, rcpt, error = %e, "mailbox release not persisted"),
+        }
+    }
+}
+
+/// A crash between a mailbox expunge and the spool update leaves a
+/// recipient `InMailbox` that no mailbox holds: release it again.
+fn find_lost_releases(
+    message: &crate::spool::QueuedMessage,
+    users: &UsersHandle,
+    mailboxes: &MailboxStore,
+    releases: &tokio::sync::mpsc::UnboundedSender<(QueueId, u32)>,
+) {
+    for (index, state) in message.states.iter().enumerate() {
+        if *state != RecipientState::InMailbox {
+            continue;
+        }
+        let Some(recipient) = message.envelope.recipients.get(index) else {
+            continue;
+        };
+        // A removed user's mail has no reader left; a mailbox that cannot
+        // be opened keeps everything (never release what may be held).
+        let held = match users.find_by_address(&recipient.address) {
+            None => false,
+            Some(user) => match mailboxes.user(user.name()) {
+                Ok(mailbox) => mailbox.holds(message.id, index as u32),
+                Err(e) => {
+                    warn!(user = user.name(), error = %e, "mailbox unreadable at start; its messages stay");
+                    true
+                }
+            },
+        };
+        if !held {
+            let _ = releases.send((message.id, index as u32));
+        }
+    }
+}
+
 /// Answer admin commands for this core.
 async fn serve_admin(
     mut requests: tokio::sync::mpsc::UnboundedReceiver<AdminRequest>,
@@ -611,7 +750,17 @@ async fn accept_loop<A: Acceptor + 'static>(
                 let active = active.clone();
                 let session_shutdown = shutdown.clone();
                 tokio::task::spawn_local(async move {
-                    smtp_conn::serve(stream, peer, kind, ctx, session_shutdown).await;
+                    match kind {
+                        ListenerKind::Smtp | ListenerKind::Submission => {
+                            smtp_conn::serve(stream, peer, kind, ctx, session_shutdown).await
+                        }
+                        ListenerKind::Pop3 | ListenerKind::Pop3Tls => {
+                            let implicit_tls = kind == ListenerKind::Pop3Tls;
+                            let pop3 = Rc::clone(&ctx.pop3);
+                            pop3_conn::serve(stream, peer, implicit_tls, pop3, session_shutdown)
+                                .await
+                        }
+                    }
                     active.set(active.get() - 1);
                     gauge.decrement(1.0);
                 });

@@ -10,12 +10,14 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::listener::ListenerKind;
+use super::pop3_conn::Pop3Context;
+use super::session_io::{flush, shutdown_signal, Outgoing};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
 use crate::queue::scheduler::Scheduler;
@@ -28,6 +30,8 @@ pub struct CoreContext {
     pub core: usize,
     pub session_config: Arc<SessionConfig>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// POP3 connections of this core.
+    pub pop3: Rc<Pop3Context>,
     /// Shared with this core's delivery worker (recipient updates, DSNs).
     pub spool: Rc<RefCell<SpoolWriter>>,
     /// Where a durable message goes to be delivered.
@@ -49,8 +53,6 @@ impl CoreContext {
         Ok(id)
     }
 }
-
-type Stream<T> = MaybeTls<T, TlsStream<T>>;
 
 /// Create every ingest series (the session's included) at zero so dashboards and `rate()` see them
 /// before the first event (a counter that appears late hides its first burst).
@@ -89,45 +91,6 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Send the session's pending output. Err means the connection is gone.
-async fn flush<T: Transport>(
-    stream: &mut Stream<T>,
-    session: &mut ServerSession,
-    out: &mut Vec<u8>,
-    timeout: Duration,
-) -> Result<(), ()> {
-    if session.output().is_empty() {
-        return Ok(());
-    }
-    let mut buf = std::mem::take(out);
-    buf.clear();
-    buf.extend_from_slice(session.output());
-    let n = buf.len();
-    match tokio::time::timeout(timeout, stream.write_all(buf)).await {
-        Ok((Ok(()), buf)) => {
-            *out = buf;
-            session.consume_output(n);
-            Ok(())
-        }
-        Ok((Err(e), _)) => {
-            debug!(error = %e, "write failed");
-            Err(())
-        }
-        Err(_) => {
-            debug!("write timed out");
-            Err(())
-        }
-    }
-}
-
-/// Resolves when shutdown is signalled; never, once the server handle is
-/// gone without signalling (so a select on it cannot spin).
-async fn shutdown_signal(shutdown: &mut watch::Receiver<bool>) {
-    if shutdown.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// Serve one SMTP connection to its end.
 pub async fn serve<T: Transport>(
     transport: T,
@@ -138,7 +101,7 @@ pub async fn serve<T: Transport>(
 ) {
     let mut session = ServerSession::new(ctx.session_config.clone(), peer.ip(), false)
         .with_recipient_hook(Rc::clone(&ctx.recipient_hook));
-    let mut stream = MaybeTls::Plain(transport);
+    let mut stream: MaybeTls<T, TlsStream<T>> = MaybeTls::Plain(transport);
     let mut in_buf = Vec::with_capacity(READ_CHUNK);
     let mut out_buf = Vec::with_capacity(1024);
     let write_timeout = ctx.session_config.command_timeout;
@@ -249,5 +212,15 @@ pub async fn serve<T: Transport>(
                 break;
             }
         }
+    }
+}
+
+impl Outgoing for ServerSession {
+    fn output(&self) -> &[u8] {
+        ServerSession::output(self)
+    }
+
+    fn consume_output(&mut self, n: usize) {
+        ServerSession::consume_output(self, n)
     }
 }

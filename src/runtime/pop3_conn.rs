@@ -1,0 +1,164 @@
+//! Drives one POP3 connection: moves bytes between the transport and the
+//! sans-IO `Pop3Session`, upgrades to TLS on STLS (or starts in TLS on an
+//! implicit-TLS listener, RFC 8314), and waits for the deletions of QUIT to
+//! be durable before the session may say `+OK`.
+//!
+//! This module must never decide anything about POP3 itself and never
+//! answer QUIT before the mailbox says the deletions are on disk.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use super::pop3_backend::Pop3Stores;
+use super::session_io::{flush, shutdown_signal, Outgoing};
+use super::tls::TlsStream;
+use super::transport::{MaybeTls, Transport, READ_CHUNK};
+use crate::mailbox::Durable;
+use crate::pop3::{Pop3Config, Pop3Event, Pop3Session};
+
+/// Writes to a POP3 client: a RETR of a large message to a slow client
+/// must still finish, a dead one must not hold the session forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// A TLS handshake that has not finished by then is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What every POP3 connection on one core shares.
+pub struct Pop3Context {
+    pub config: Arc<Pop3Config>,
+    pub stores: Rc<Pop3Stores>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+type Session = Pop3Session<Durable>;
+
+impl Outgoing for Session {
+    fn output(&self) -> &[u8] {
+        Pop3Session::output(self)
+    }
+
+    fn consume_output(&mut self, n: usize) {
+        Pop3Session::consume_output(self, n)
+    }
+}
+
+/// Serve one POP3 connection to its end. `implicit_tls`: handshake first.
+pub async fn serve<T: Transport>(
+    transport: T,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    ctx: Rc<Pop3Context>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut stream: MaybeTls<T, TlsStream<T>> = MaybeTls::Plain(transport);
+    if implicit_tls {
+        let Some(config) = ctx.tls.clone() else {
+            return;
+        };
+        if !handshake(&mut stream, config, peer).await {
+            return;
+        }
+    }
+    let backend: Rc<dyn crate::pop3::Pop3Backend<Commit = Durable>> = ctx.stores.clone();
+    let mut session = Session::new(ctx.config.clone(), backend, implicit_tls);
+    let mut in_buf = Vec::with_capacity(READ_CHUNK);
+    let mut out_buf = Vec::with_capacity(1024);
+    loop {
+        match session.poll() {
+            Pop3Event::NeedInput => {
+                if flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                if *shutdown.borrow_and_update() && session.shutting_down() {
+                    continue;
+                }
+                let read = stream.read(std::mem::take(&mut in_buf));
+                let timed_read = tokio::time::timeout(session.read_timeout(), read);
+                let result = tokio::select! {
+                    r = timed_read => r,
+                    _ = shutdown_signal(&mut shutdown) => {
+                        in_buf = Vec::with_capacity(READ_CHUNK);
+                        continue;
+                    }
+                };
+                match result {
+                    Err(_) => {
+                        in_buf = Vec::with_capacity(READ_CHUNK);
+                        session.timed_out();
+                    }
+                    Ok((Ok(0), _)) => break,
+                    Ok((Ok(n), buf)) => {
+                        session.receive(buf.get(..n).unwrap_or_default());
+                        in_buf = buf;
+                    }
+                    Ok((Err(e), _)) => {
+                        debug!(%peer, error = %e, "read failed");
+                        break;
+                    }
+                }
+            }
+            Pop3Event::Commit(durable) => {
+                let result = durable.await.map_err(|e| e.to_string());
+                if let Err(e) = &result {
+                    info!(%peer, error = %e, "POP3 deletions not applied");
+                }
+                session.commit_done(result);
+            }
+            Pop3Event::StartTls => {
+                if flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                let Some(config) = ctx.tls.clone() else {
+                    break;
+                };
+                if !handshake(&mut stream, config, peer).await {
+                    break;
+                }
+                session.tls_started();
+            }
+            Pop3Event::Close => {
+                let _ = flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT).await;
+                break;
+            }
+        }
+    }
+}
+
+/// TLS on `stream` (implicit or after STLS); false when it failed.
+async fn handshake<T: Transport>(
+    stream: &mut MaybeTls<T, TlsStream<T>>,
+    config: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+) -> bool {
+    let Some(plain) = stream.take_plain() else {
+        return false;
+    };
+    let (result, done) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsStream::accept(plain, config)).await {
+            Ok(Ok(tls)) => {
+                debug!(%peer, tls = %tls.describe(), "POP3 TLS established");
+                *stream = MaybeTls::Tls(Box::new(tls));
+                ("ok", true)
+            }
+            Ok(Err(e)) => {
+                info!(%peer, error = %e, "POP3 TLS handshake failed");
+                ("error", false)
+            }
+            Err(_) => {
+                info!(%peer, "POP3 TLS handshake timed out");
+                ("timeout", false)
+            }
+        };
+    metrics::counter!("tern_tls_handshakes_total", "result" => result).increment(1);
+    done
+}

@@ -1,0 +1,210 @@
+//! Local delivery end to end over TCP: SMTP in for a user of a local
+//! domain, the message filed in the user's INBOX (the spool keeps the
+//! record), then read and deleted over POP3. Deletions happen only at
+//! QUIT, a session cut before QUIT deletes nothing, UIDLs survive a
+//! restart, and a deleted message lets its spool record go.
+//!
+//! Everything stays on 127.0.0.1; every read has a timeout.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use common::sink::wait_for;
+use common::{data_frame, test_config, RawClient};
+use tern::config::Config;
+use tern::runtime::{self, ServerHandle};
+use tern::spool::RecipientState;
+
+const PASSWORD: &str = "correct horse";
+
+fn config(dir: &Path) -> Config {
+    let mut c = test_config(dir);
+    c.relay.hold = false;
+    c.relay.local_domains = vec!["local.test".into()];
+    c.pop3.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.imap.listen = vec![];
+    let mut users = tern::users::Users::new();
+    users
+        .add(
+            "alice",
+            PASSWORD.as_bytes(),
+            &["alice@local.test".to_string()],
+        )
+        .unwrap();
+    users.save(&c.users.file).unwrap();
+    c
+}
+
+fn send(server: &ServerHandle, subject: &str) {
+    let (mut c, _) = RawClient::connect(server.smtp_addrs[0]).unwrap();
+    c.cmd("EHLO client.test").unwrap();
+    assert_eq!(c.cmd("MAIL FROM:<bob@example.org>").unwrap().code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@local.test>").unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    let body = format!("Subject: {subject}\r\n\r\n.dot line\r\nbody of {subject}\r\n");
+    c.send(&data_frame(body.as_bytes())).unwrap();
+    assert_eq!(c.read_reply().unwrap().code, 250);
+    c.cmd("QUIT").unwrap();
+}
+
+/// Waits until `count` messages are filed (recipient InMailbox).
+fn wait_filed(server: &ServerHandle, count: usize) {
+    let filed = || {
+        server
+            .spool
+            .queued()
+            .iter()
+            .filter(|m| m.states == [RecipientState::InMailbox])
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || filed() == count),
+        "{} of {count} messages filed",
+        filed()
+    );
+}
+
+struct Pop3 {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Pop3 {
+    fn connect(addr: SocketAddr) -> Pop3 {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut pop = Pop3 {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        assert!(pop.line().starts_with("+OK"));
+        pop
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+
+    fn cmd(&mut self, command: &str) -> String {
+        self.writer
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
+        self.line()
+    }
+
+    /// A multi-line answer's lines, dot-unstuffed, without the terminator.
+    fn multi(&mut self, command: &str) -> Vec<String> {
+        let first = self.cmd(command);
+        assert!(first.starts_with("+OK"), "{command}: {first}");
+        let mut lines = Vec::new();
+        loop {
+            let line = self.line();
+            if line == "." {
+                return lines;
+            }
+            lines.push(line.strip_prefix('.').map(str::to_string).unwrap_or(line));
+        }
+    }
+
+    fn login(addr: SocketAddr) -> Pop3 {
+        let mut pop = Pop3::connect(addr);
+        assert!(pop.cmd("USER alice@local.test").starts_with("+OK"));
+        let pass = pop.cmd(&format!("PASS {PASSWORD}"));
+        assert!(pass.starts_with("+OK"), "{pass}");
+        pop
+    }
+}
+
+#[test]
+fn mail_for_a_local_user_is_read_and_deleted_over_pop3() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let server = runtime::start(&config).unwrap();
+    let pop3 = server.pop3_addrs[0];
+    send(&server, "first");
+    send(&server, "second");
+    wait_filed(&server, 2);
+
+    let mut pop = Pop3::login(pop3);
+    assert!(pop.cmd("STAT").starts_with("+OK 2 "));
+    let uidls = pop.multi("UIDL");
+    assert_eq!(uidls.len(), 2);
+    let message = pop.multi("RETR 1");
+    assert!(
+        message[0].starts_with("Return-Path: <bob@example.org>"),
+        "{message:?}"
+    );
+    assert!(
+        message[1].starts_with("Received: from client.test"),
+        "{message:?}"
+    );
+    assert!(
+        message.contains(&"Subject: first".to_string()),
+        "{message:?}"
+    );
+    assert!(message.contains(&".dot line".to_string()), "{message:?}");
+    // A second session is refused while this one holds the maildrop.
+    let mut other = Pop3::connect(pop3);
+    assert!(other.cmd("USER alice").starts_with("+OK"));
+    let in_use = other.cmd(&format!("PASS {PASSWORD}"));
+    assert!(in_use.starts_with("-ERR [IN-USE]"), "{in_use}");
+    drop(other);
+
+    // Cut before QUIT: nothing is deleted.
+    assert!(pop.cmd("DELE 1").starts_with("+OK"));
+    drop(pop);
+    let mut pop = Pop3::login(pop3);
+    assert!(pop.cmd("STAT").starts_with("+OK 2 "));
+    assert!(pop.cmd("DELE 1").starts_with("+OK"));
+    assert!(pop.cmd("QUIT").starts_with("+OK"));
+
+    let mut pop = Pop3::login(pop3);
+    assert!(pop.cmd("STAT").starts_with("+OK 1 "));
+    assert_eq!(pop.multi("UIDL"), [uidls[1].replacen("2 ", "1 ", 1)]);
+    assert!(pop.cmd("QUIT").starts_with("+OK"));
+    // The deleted message's record is released: only one stays queued.
+    assert!(wait_for(Duration::from_secs(10), || server
+        .spool
+        .queued()
+        .len()
+        == 1));
+    server.shutdown();
+
+    // After a restart the maildrop and its UIDLs are the same.
+    let server = runtime::start(&config).unwrap();
+    let mut pop = Pop3::login(server.pop3_addrs[0]);
+    assert_eq!(pop.multi("UIDL"), [uidls[1].replacen("2 ", "1 ", 1)]);
+    let message = pop.multi("TOP 1 0");
+    assert!(
+        message.contains(&"Subject: second".to_string()),
+        "{message:?}"
+    );
+    assert!(
+        !message.iter().any(|l| l.contains("body of")),
+        "{message:?}"
+    );
+    pop.cmd("QUIT");
+    server.shutdown();
+}
+
+#[test]
+fn wrong_password_and_unknown_user_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = runtime::start(&config(dir.path())).unwrap();
+    let mut pop = Pop3::connect(server.pop3_addrs[0]);
+    assert!(pop.cmd("USER alice").starts_with("+OK"));
+    assert!(pop.cmd("PASS wrong").starts_with("-ERR [AUTH]"));
+    assert!(pop.cmd("USER mallory").starts_with("+OK"));
+    assert!(pop
+        .cmd(&format!("PASS {PASSWORD}"))
+        .starts_with("-ERR [AUTH]"));
+    server.shutdown();
+}
