@@ -330,7 +330,7 @@ impl Default for RelaySection {
                 "127.0.0.0/8".parse().expect("literal CIDR"),
                 "::1/128".parse().expect("literal CIDR"),
             ],
-            local_domains: Vec::new(),
+            local_domains: vec!["localhost".to_string()],
             relay_domains: Vec::new(),
             hold: false,
             smarthost: None,

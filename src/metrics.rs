@@ -44,6 +44,14 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
             BATCH_SIZE_BUCKETS,
         )?
         .set_buckets_for_metric(
+            Matcher::Full("tern_mailbox_commit_seconds".into()),
+            COMMIT_SECONDS_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("tern_mailbox_commit_batch_journals".into()),
+            BATCH_SIZE_BUCKETS,
+        )?
+        .set_buckets_for_metric(
             Matcher::Full("tern_delivery_latency_seconds".into()),
             DELIVERY_LATENCY_BUCKETS,
         )?

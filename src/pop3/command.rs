@@ -61,17 +61,20 @@ impl Command {
     }
 }
 
+/// Every value of the `command` label of `tern_pop3_commands_total`.
+pub const VERB_LABELS: [&str; 15] = [
+    "user", "pass", "auth", "capa", "stls", "stat", "list", "uidl", "retr", "top", "dele", "rset",
+    "noop", "quit", "other",
+];
+
 /// The metric label for a command line's verb: the lowercase verb when
 /// it is one we know, else `other`, so the label set stays bounded
 /// whatever clients send.
 pub fn verb_label(line: &[u8]) -> &'static str {
     let verb = line.split(|&b| b == b' ').next().unwrap_or_default();
-    const VERBS: [&str; 14] = [
-        "user", "pass", "auth", "capa", "stls", "stat", "list", "uidl", "retr", "top", "dele",
-        "rset", "noop", "quit",
-    ];
-    VERBS
-        .into_iter()
+    VERB_LABELS[..VERB_LABELS.len() - 1]
+        .iter()
+        .copied()
         .find(|known| known.as_bytes().eq_ignore_ascii_case(verb))
         .unwrap_or("other")
 }

@@ -11,7 +11,7 @@ pub mod response;
 pub mod sasl;
 pub mod session;
 
-pub use command::{parse_command, Command, CommandError, COMMAND_LINE_MAX};
+pub use command::{parse_command, Command, CommandError, COMMAND_LINE_MAX, VERB_LABELS};
 pub use response::RespCode;
 pub use session::{Pop3Config, Pop3Event, Pop3Session, AUTOLOGOUT_MIN, LOGIN_FAILURES_MAX};
 

@@ -27,6 +27,17 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// A TLS handshake that has not finished by then is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Create the POP3 series at zero, so `rate()` sees the first logins.
+pub fn register_metrics() {
+    for command in crate::pop3::VERB_LABELS {
+        metrics::counter!("tern_pop3_commands_total", "command" => command).increment(0);
+    }
+    for result in ["ok", "failed"] {
+        metrics::counter!("tern_pop3_logins_total", "result" => result).increment(0);
+    }
+    metrics::counter!("tern_pop3_bytes_sent_total").increment(0);
+}
+
 /// What every POP3 connection on one core shares.
 pub struct Pop3Context {
     pub config: Arc<Pop3Config>,

@@ -65,7 +65,7 @@ TOML
 "$TERN" -c "$WORK/tern.toml" 2>"$WORK/tern.log" &
 TERN_PID=$!
 for _ in $(seq 100); do
-  grep -q "tern accepting" "$WORK/tern.log" && break
+  grep -qs "tern accepting" "$WORK/tern.log" && break
   sleep 0.1
 done
 grep -q "tern accepting" "$WORK/tern.log" || { cat "$WORK/tern.log"; exit 1; }

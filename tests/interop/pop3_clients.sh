@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Interop with real POP3 clients: mail for a local user is sent with
+# Python's smtplib, then read with Python's poplib (USER/PASS in clear,
+# STLS, implicit TLS), curl (pop3://, STLS, pop3s://) and fetchmail (STLS,
+# certificate checked against a test CA made here), against the release
+# binary. Installs curl, fetchmail, openssl and iproute2 (Debian) when
+# missing. Must never use anything but 127.0.0.1, ports it checked are
+# free, and a temp dir it removes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$(pwd)
+
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+[ -x target/release/tern ] || cargo build --release
+TERN="$REPO/target/release/tern"
+
+WORK=$(mktemp -d)
+TERN_PID=""
+cleanup() {
+  if [ -n "$TERN_PID" ]; then kill "$TERN_PID" 2>/dev/null || true; wait "$TERN_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SMTP=$(free_port); POP3=$(free_port); POP3S=$(free_port)
+for port in "$SMTP" "$POP3" "$POP3S"; do
+  if ss -ltnH "sport = :$port" | grep -q .; then
+    echo "interop: port $port is taken; refusing to start" >&2
+    exit 2
+  fi
+done
+
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=tern interop CA" \
+  -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+  -keyout "$WORK/key.pem" -out "$WORK/leaf.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$WORK/ext.cnf"
+openssl x509 -req -in "$WORK/leaf.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+  -CAcreateserial -days 1 -extfile "$WORK/ext.cnf" -out "$WORK/cert.pem" 2>/dev/null
+
+cat > "$WORK/tern.toml" <<TOML
+[server]
+workers = 2
+hostname = "interop.test"
+[smtp]
+listen = ["127.0.0.1:$SMTP"]
+submission = []
+[spool]
+dir = "$WORK/spool"
+[relay]
+local_domains = ["local.test"]
+[users]
+file = "$WORK/users.toml"
+[pop3]
+listen = ["127.0.0.1:$POP3"]
+tls_listen = ["127.0.0.1:$POP3S"]
+[imap]
+listen = []
+[tls]
+cert = "$WORK/cert.pem"
+key = "$WORK/key.pem"
+[metrics]
+listen = ""
+TOML
+PASSWORD="interop secret"
+printf '%s\n' "$PASSWORD" | "$TERN" -c "$WORK/tern.toml" user add alice@local.test --password-stdin
+
+"$TERN" -c "$WORK/tern.toml" 2>"$WORK/tern.log" &
+TERN_PID=$!
+for _ in $(seq 100); do
+  grep -qs "tern accepting" "$WORK/tern.log" && break
+  sleep 0.1
+done
+grep -q "tern accepting" "$WORK/tern.log" || { cat "$WORK/tern.log"; exit 1; }
+
+echo "-- python smtplib in, poplib out (USER/PASS, STLS, implicit TLS)"
+timeout 120 python3 - "$SMTP" "$POP3" "$POP3S" "$WORK/ca.pem" "$PASSWORD" <<'PY'
+import poplib, smtplib, ssl, sys, time
+smtp, pop3, pop3s, ca, password = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+for n in range(3):
+    with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as s:
+        s.sendmail("bob@example.org", ["alice@local.test"],
+                   f"Subject: interop {n}\r\nMessage-ID: <{n}@interop.test>\r\n\r\n.leading dot\r\nbody {n}\r\n")
+context = ssl.create_default_context(cafile=ca)
+
+def login(kind):
+    if kind == "plain":
+        p = poplib.POP3("127.0.0.1", pop3, timeout=30)
+    elif kind == "stls":
+        p = poplib.POP3("127.0.0.1", pop3, timeout=30)
+        p.stls(context=context)
+    else:
+        p = poplib.POP3_SSL("127.0.0.1", pop3s, context=context, timeout=30)
+    p.user("alice@local.test")
+    p.pass_(password)
+    return p
+
+deadline = time.time() + 30
+while True:
+    p = login("plain")
+    count, _ = p.stat()
+    p.quit()
+    if count == 3 or time.time() > deadline:
+        break
+    time.sleep(0.2)
+assert count == 3, f"{count} messages in the maildrop"
+p = login("stls")
+assert "STLS" not in p.capa(), p.capa()
+lines = p.retr(1)[1]
+assert lines[0].startswith(b"Return-Path: <bob@example.org>"), lines[:3]
+assert b".leading dot" in lines, lines
+uidls = p.uidl()[1]
+p.quit()
+p = login("implicit")
+assert p.uidl()[1] == uidls, (p.uidl(), uidls)
+top = p.top(2, 0)[1]
+assert b"Subject: interop 1" in top and b"body 1" not in top, top
+p.dele(3)
+p.quit()
+p = login("plain")
+assert p.stat()[0] == 2, p.stat()
+p.quit()
+print("poplib: plain, STLS and implicit TLS ok; deletion at QUIT applied")
+PY
+
+echo "-- curl (pop3://, STLS, pop3s://)"
+timeout 60 curl -sS --user "alice@local.test:$PASSWORD" "pop3://127.0.0.1:$POP3/1" -o "$WORK/curl1.eml"
+grep -q "Subject: interop 0" "$WORK/curl1.eml"
+timeout 60 curl -sS --ssl-reqd --cacert "$WORK/ca.pem" --user "alice@local.test:$PASSWORD" \
+  "pop3://localhost:$POP3/2" -o "$WORK/curl2.eml"
+grep -q "Subject: interop 1" "$WORK/curl2.eml"
+timeout 60 curl -sS --cacert "$WORK/ca.pem" --user "alice@local.test:$PASSWORD" \
+  "pop3s://localhost:$POP3S/" > "$WORK/curl.list"
+[ "$(wc -l < "$WORK/curl.list")" -eq 2 ] || { cat "$WORK/curl.list"; exit 1; }
+
+echo "-- fetchmail (STLS, certificate checked, messages kept)"
+cat > "$WORK/fetchmailrc" <<RC
+set no syslog
+poll localhost protocol POP3 port $POP3 uidl
+  user "alice@local.test" password "$PASSWORD"
+  sslproto tls1.2+ sslcertck sslcertfile "$WORK/ca.pem"
+  keep fetchall
+  mda "/bin/sh -c 'cat >> $WORK/fetched.mbox'"
+RC
+chmod 600 "$WORK/fetchmailrc"
+timeout 60 fetchmail -f "$WORK/fetchmailrc" --nodetach --idfile "$WORK/fetchids" >"$WORK/fetchmail.log" 2>&1 \
+  || { cat "$WORK/fetchmail.log"; exit 1; }
+[ "$(grep -c '^Subject: interop' "$WORK/fetched.mbox")" -eq 2 ] || { cat "$WORK/fetchmail.log"; exit 1; }
+echo "interop: POP3 clients ok"
