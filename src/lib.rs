@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod envelope;
+pub mod imap;
 pub mod metrics;
 pub mod queue;
 pub mod queue_report;
