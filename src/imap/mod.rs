@@ -1,7 +1,8 @@
 //! IMAP4rev1/rev2 protocol foundations (RFC 3501, RFC 9051 where cheap):
 //! the incremental command reader and parser, the typed commands it
-//! produces, modified UTF-7 mailbox names, and the response encoder. The
-//! session state machine builds on these.
+//! produces, modified UTF-7 mailbox names, the response encoder, and body
+//! section location in raw messages. The session state machine builds on
+//! these.
 //!
 //! Everything here is sans-IO and synchronous: bytes in, values out. It
 //! must never panic on client input and never touch sockets, clocks or the
@@ -9,6 +10,7 @@
 
 mod base64;
 pub mod command;
+pub mod mime;
 pub mod parser;
 pub mod response;
 pub mod utf7;
