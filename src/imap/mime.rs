@@ -17,17 +17,17 @@ use super::command::{Partial, Section, SectionText};
 /// One MIME entity: its header (with the blank line ending it) and body,
 /// as ranges of the whole message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Entity {
-    header: Range<usize>,
-    body: Range<usize>,
+pub(super) struct Entity {
+    pub(super) header: Range<usize>,
+    pub(super) body: Range<usize>,
     /// Content type when the header names none: message/rfc822 inside
     /// multipart/digest (RFC 2046 5.1.5), text/plain elsewhere.
-    digest_child: bool,
+    pub(super) digest_child: bool,
 }
 
 impl Entity {
     /// Splits `range` of `message` at the first empty line.
-    fn parse(message: &[u8], range: Range<usize>, digest_child: bool) -> Entity {
+    pub(super) fn parse(message: &[u8], range: Range<usize>, digest_child: bool) -> Entity {
         let bytes = message.get(range.clone()).unwrap_or_default();
         let header_len = header_length(bytes);
         let body_start = range.start + header_len;
@@ -38,7 +38,7 @@ impl Entity {
         }
     }
 
-    fn content_type(&self, message: &[u8]) -> ContentType {
+    pub(super) fn content_type(&self, message: &[u8]) -> ContentType {
         let header = message.get(self.header.clone()).unwrap_or_default();
         match field_value(header, b"content-type") {
             Some(value) => ContentType::parse(&value),
@@ -68,44 +68,89 @@ fn header_length(bytes: &[u8]) -> usize {
     bytes.len()
 }
 
-/// The parts of a Content-Type value this module needs.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-struct ContentType {
-    multipart: bool,
-    digest: bool,
-    rfc822: bool,
-    boundary: Option<Vec<u8>>,
+/// A parsed Content-Type (RFC 2045 5.1), or Content-Disposition (RFC 2183)
+/// where `media_type` is the disposition and `subtype` is empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ContentType {
+    /// Lower-cased type, e.g. `text`.
+    pub(super) media_type: String,
+    /// Lower-cased subtype, e.g. `plain`.
+    pub(super) subtype: String,
+    /// Parameters in order, values unquoted.
+    pub(super) params: Vec<(String, Vec<u8>)>,
+}
+
+impl Default for ContentType {
+    /// `text/plain; charset=us-ascii` (RFC 2045 5.2).
+    fn default() -> Self {
+        ContentType {
+            media_type: "text".into(),
+            subtype: "plain".into(),
+            params: vec![("charset".into(), b"us-ascii".to_vec())],
+        }
+    }
 }
 
 impl ContentType {
     fn message_rfc822() -> Self {
         ContentType {
-            rfc822: true,
-            ..ContentType::default()
+            media_type: "message".into(),
+            subtype: "rfc822".into(),
+            params: Vec::new(),
         }
     }
 
+    pub(super) fn is_multipart(&self) -> bool {
+        self.media_type == "multipart"
+    }
+
+    pub(super) fn is_rfc822(&self) -> bool {
+        self.media_type == "message" && self.subtype == "rfc822"
+    }
+
+    fn boundary(&self) -> Option<&[u8]> {
+        self.params
+            .iter()
+            .find(|(name, _)| name == "boundary")
+            .map(|(_, value)| value.as_slice())
+            .filter(|value| !value.is_empty())
+    }
+
+    /// Parses a Content-Type value; one without a valid `type/subtype`
+    /// is text/plain (RFC 2045 5.2).
     fn parse(value: &[u8]) -> Self {
+        let mut content_type = Self::parse_disposition(value);
+        let media = std::mem::take(&mut content_type.media_type);
+        match media.split_once('/') {
+            Some((media_type, subtype)) if !media_type.is_empty() && !subtype.is_empty() => {
+                content_type.media_type = media_type.trim().to_string();
+                content_type.subtype = subtype.trim().to_string();
+                content_type
+            }
+            _ => ContentType::default(),
+        }
+    }
+
+    /// Parses `value; name=value; ...` keeping the first word whole.
+    pub(super) fn parse_disposition(value: &[u8]) -> Self {
         let mut pieces = split_parameters(value).into_iter();
-        let media = pieces.next().unwrap_or_default();
-        let media = media.trim_ascii().to_ascii_lowercase();
-        let mut content_type = ContentType {
-            multipart: media.starts_with(b"multipart/"),
-            digest: media == b"multipart/digest",
-            rfc822: media == b"message/rfc822",
-            boundary: None,
-        };
+        let first = pieces.next().unwrap_or_default();
+        let mut params = Vec::new();
         for parameter in pieces {
             let Some(eq) = parameter.iter().position(|&b| b == b'=') else {
                 continue;
             };
             let (name, raw) = parameter.split_at(eq);
-            if name.trim_ascii().eq_ignore_ascii_case(b"boundary") {
-                let raw = raw.get(1..).unwrap_or_default().trim_ascii();
-                content_type.boundary = Some(unquote(raw));
+            let name = String::from_utf8_lossy(name.trim_ascii()).to_ascii_lowercase();
+            if !name.is_empty() {
+                params.push((name, unquote(raw.get(1..).unwrap_or_default().trim_ascii())));
             }
         }
-        content_type
+        ContentType {
+            media_type: String::from_utf8_lossy(first.trim_ascii()).to_ascii_lowercase(),
+            subtype: String::new(),
+            params,
+        }
     }
 }
 
@@ -147,7 +192,7 @@ fn unquote(raw: &[u8]) -> Vec<u8> {
 }
 
 /// The unfolded value of the first field called `name` in `header`.
-fn field_value(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn field_value(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
     header_fields(header).find_map(|field| {
         let colon = field.iter().position(|&b| b == b':')?;
         let (field_name, rest) = field.split_at(colon);
@@ -188,7 +233,11 @@ fn header_fields(header: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// The body parts of a multipart entity (RFC 2046 5.1.1): the bytes
 /// between delimiter lines, the CRLF before each delimiter excluded.
-fn multipart_parts(message: &[u8], body: Range<usize>, boundary: &[u8]) -> Vec<Range<usize>> {
+pub(super) fn multipart_parts(
+    message: &[u8],
+    body: Range<usize>,
+    boundary: &[u8],
+) -> Vec<Range<usize>> {
     let bytes = message.get(body.clone()).unwrap_or_default();
     let mut parts = Vec::new();
     let mut current: Option<usize> = None;
@@ -238,18 +287,18 @@ fn find_part(message: &[u8], path: &[u32]) -> Option<Entity> {
     let mut top = true;
     for &number in path {
         let mut content_type = entity.content_type(message);
-        if !top && content_type.rfc822 {
+        if !top && content_type.is_rfc822() {
             entity = Entity::parse(message, entity.body.clone(), false);
             content_type = entity.content_type(message);
         }
         top = false;
-        if content_type.multipart {
-            let boundary = content_type.boundary?;
+        if content_type.is_multipart() {
+            let boundary = content_type.boundary()?;
             let index = usize::try_from(number).ok()?.checked_sub(1)?;
-            let range = multipart_parts(message, entity.body.clone(), &boundary)
+            let range = multipart_parts(message, entity.body.clone(), boundary)
                 .into_iter()
                 .nth(index)?;
-            entity = Entity::parse(message, range, content_type.digest);
+            entity = Entity::parse(message, range, content_type.subtype == "digest");
         } else if number != 1 {
             return None;
         }
@@ -277,7 +326,7 @@ pub fn section<'a>(message: &'a [u8], section: &Section) -> Option<Cow<'a, [u8]>
     // encapsulates.
     let target = if section.part.is_empty() {
         entity
-    } else if entity.content_type(message).rfc822 {
+    } else if entity.content_type(message).is_rfc822() {
         Entity::parse(message, entity.body, false)
     } else {
         return None;

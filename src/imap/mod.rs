@@ -13,6 +13,7 @@ pub mod command;
 pub mod mime;
 pub mod parser;
 pub mod response;
+pub mod structure;
 pub mod utf7;
 
 pub use command::{
