@@ -565,6 +565,22 @@ mod tests {
     }
 
     #[test]
+    fn command_names_distinguish_uid_forms() {
+        let set = SequenceSet {
+            ranges: vec![(SeqBound::Number(1), SeqBound::Number(1))],
+        };
+        let fetch = |uid| CommandBody::Fetch {
+            uid,
+            set: set.clone(),
+            attributes: vec![FetchAttribute::Uid],
+        };
+        assert_eq!(fetch(true).name(), "UID FETCH");
+        assert_eq!(fetch(false).name(), "FETCH");
+        assert_eq!(CommandBody::UidExpunge { set }.name(), "UID EXPUNGE");
+        assert_eq!(CommandBody::Idle.name(), "IDLE");
+    }
+
+    #[test]
     fn mailbox_names_normalise_inbox_only() {
         assert!(MailboxName::new("inBox".into()).is_inbox());
         assert_eq!(MailboxName::new("Inbox/Sub".into()).as_str(), "Inbox/Sub");

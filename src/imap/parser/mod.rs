@@ -917,6 +917,29 @@ mod tests {
     }
 
     #[test]
+    fn lines_real_clients_send_parse() {
+        for line in [
+            "2 UID fetch 1:* (FLAGS)",
+            "5 UID fetch 1:4 (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (From To Cc Bcc Subject Date Message-ID Priority X-Priority References Newsgroups In-Reply-To Content-Type Reply-To)])",
+            "3 list (subscribed) \"\" \"*\" return (special-use)",
+            "a4 LIST \"\" \"\"",
+            "A003 SELECT \"INBOX\"",
+            "a0005 UID FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])",
+            "7 uid store 12 +Flags (\\Seen)",
+            "8 uid move 3:5,9 \"Trash\"",
+            "9 UID SEARCH UID 1:* NOT DELETED",
+            "10 ID (\"name\" \"Thunderbird\" \"version\" \"115.0\")",
+            "11 STATUS \"Sent\" (UIDNEXT MESSAGES UNSEEN RECENT)",
+            "A001 AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==",
+        ] {
+            assert!(
+                matches!(&run(format!("{line}\r\n").as_bytes())[..], [Parsed::Command(_)]),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
     fn synchronising_literal_asks_for_continuation_once() {
         let mut reader = CommandReader::new(LIMIT);
         reader.push(b"a LOGIN {5}\r\n");
