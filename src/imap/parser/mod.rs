@@ -38,6 +38,8 @@ pub enum Parsed {
     Command(Command),
     /// A synchronising literal was announced and accepted: send
     /// `+ Ready for literal data` (RFC 3501 7.5) before more input comes.
+    /// The reader now expects the literal, so the session always sends it
+    /// and judges the command (state, permissions) once it is complete.
     NeedContinuation,
     /// A malformed command; answer `<tag> BAD <text>` (or `* BAD` without a
     /// tag). The rest of the command, including any literal announced on
