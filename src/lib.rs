@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod envelope;
+pub mod imap;
 pub mod mailbox;
 pub mod metrics;
 pub mod pop3;

@@ -1,0 +1,23 @@
+//! IMAP4rev1/rev2 protocol foundations (RFC 3501, RFC 9051 where cheap):
+//! the incremental command reader and parser, the typed commands it
+//! produces, modified UTF-7 mailbox names, the response encoder, and body
+//! section location in raw messages. The session state machine builds on
+//! these.
+//!
+//! Everything here is sans-IO and synchronous: bytes in, values out. It
+//! must never panic on client input and never touch sockets, clocks or the
+//! mailbox store.
+
+mod base64;
+pub mod command;
+pub mod mime;
+pub mod parser;
+pub mod response;
+pub mod structure;
+pub mod utf7;
+
+pub use command::{
+    Command, CommandBody, Date, DateTime, FetchAttribute, Flag, ListCommand, MailboxName, Partial,
+    SearchCommand, SearchKey, Section, SectionText, SeqBound, SequenceSet, StatusItem, StoreAction,
+};
+pub use parser::{AuthResponse, CommandReader, Parsed, COMMAND_TEXT_MAX};
