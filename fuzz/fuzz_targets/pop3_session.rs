@@ -25,12 +25,12 @@ struct Backend {
     locked: Rc<Cell<bool>>,
 }
 
+fn authenticate(login: &str, password: &str) -> Option<String> {
+    (login == "alice" && password == "secret").then(|| "alice".to_owned())
+}
+
 impl Pop3Backend for Backend {
     type Commit = Vec<usize>;
-
-    fn authenticate(&self, login: &str, password: &str) -> Option<String> {
-        (login == "alice" && password == "secret").then(|| "alice".to_owned())
-    }
 
     fn open_maildrop(
         &self,
@@ -124,6 +124,9 @@ fuzz_target!(|input: &[u8]| {
             match session.poll() {
                 Pop3Event::NeedInput | Pop3Event::Close => break,
                 Pop3Event::StartTls => session.tls_started(),
+                Pop3Event::Authenticate { login, password } => {
+                    session.auth_done(authenticate(&login, &password));
+                }
                 Pop3Event::Commit(_) => {
                     commits += 1;
                     assert_eq!(commits, 1, "second commit");

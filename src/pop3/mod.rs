@@ -46,10 +46,6 @@ pub trait Pop3Backend {
     /// passes it out in [`Pop3Event::Commit`].
     type Commit;
 
-    /// `login` is a user name or address; `None` when unknown or the
-    /// password is wrong. Returns the user's canonical name.
-    fn authenticate(&self, login: &str, password: &str) -> Option<String>;
-
     /// Lock and open the user's INBOX; `Err(InUse)` while another POP3
     /// session holds it. Dropping the returned maildrop releases the lock
     /// and deletes nothing.

@@ -55,6 +55,9 @@ pub enum Pop3Event<C> {
     /// QUIT entered the UPDATE state with deletions: await the maildrop's
     /// commit, then call `commit_done`. The session reads nothing meanwhile.
     Commit(C),
+    /// Check these credentials (off the event loop: the hash is slow by
+    /// design), then call `auth_done` with the user's name or None.
+    Authenticate { login: String, password: String },
     /// Flush output, then close the connection.
     Close,
 }
@@ -114,6 +117,13 @@ enum Phase<C> {
     Authorization,
     /// AUTH PLAIN sent `+ `: the next line is the client's response.
     SaslResponse,
+    /// An Authenticate event is out (or about to be); waiting for
+    /// `auth_done`. Password checks are slow on purpose (argon2id), so
+    /// the runtime runs them off the event loop.
+    AwaitingAuth {
+        login: String,
+        authzid: Option<String>,
+    },
     /// TRANSACTION: logged in, the maildrop is locked.
     Transaction(OpenDrop<C>),
     /// UPDATE: a Commit event is out; waiting for `commit_done`.
@@ -153,6 +163,8 @@ pub struct Pop3Session<C> {
     phase: Phase<C>,
     /// The name given by USER, consumed by the PASS right after it.
     pending_user: Option<String>,
+    /// Credentials for the next Authenticate event.
+    auth_request: Option<(String, String)>,
     login_failures: u32,
     input: Vec<u8>,
     /// Bytes of `input` already processed.
@@ -175,6 +187,7 @@ impl<C> Pop3Session<C> {
             tls_active,
             phase: Phase::Authorization,
             pending_user: None,
+            auth_request: None,
             login_failures: 0,
             input: Vec::new(),
             input_pos: 0,
@@ -212,6 +225,12 @@ impl<C> Pop3Session<C> {
                 Phase::Authorization | Phase::SaslResponse | Phase::Transaction(_) => {
                     self.step_line()
                 }
+                Phase::AwaitingAuth { .. } => match self.auth_request.take() {
+                    Some((login, password)) => {
+                        Step::Event(Pop3Event::Authenticate { login, password })
+                    }
+                    None => Step::Wait,
+                },
                 Phase::AwaitingCommit { .. } | Phase::AwaitingTls => Step::Wait,
                 Phase::Closing => {
                     self.phase = Phase::Closed;
@@ -541,11 +560,28 @@ impl<C> Pop3Session<C> {
         }
     }
 
-    /// Check credentials and open the maildrop. `authzid` is PLAIN's
-    /// authorization identity: empty, the login or the user it names are
-    /// the only ones a user may act as (RFC 4616 2).
+    /// Ask the runtime to check the credentials (an Authenticate event);
+    /// `auth_done` goes on. `authzid` is PLAIN's authorization identity.
     fn login(&mut self, login: &str, password: &str, authzid: Option<&str>) {
-        let Some(user) = self.backend.authenticate(login, password) else {
+        self.auth_request = Some((login.to_owned(), password.to_owned()));
+        self.phase = Phase::AwaitingAuth {
+            login: login.to_owned(),
+            authzid: authzid.map(str::to_owned),
+        };
+    }
+
+    /// The outcome of the last [`Pop3Event::Authenticate`]: the user's
+    /// canonical name, or None for an unknown login or a wrong password.
+    /// Then the maildrop is opened. The authorization identity may only be
+    /// empty, the login or the user it names (RFC 4616 2).
+    pub fn auth_done(&mut self, user: Option<String>) {
+        let Phase::AwaitingAuth { login, authzid } =
+            std::mem::replace(&mut self.phase, Phase::Authorization)
+        else {
+            return;
+        };
+        self.auth_request = None;
+        let Some(user) = user else {
             self.login_failed("invalid user name or password");
             return;
         };
@@ -762,9 +798,7 @@ mod tests {
         locks: Rc<RefCell<HashSet<String>>>,
     }
 
-    impl Pop3Backend for FakeBackend {
-        type Commit = Vec<usize>;
-
+    impl FakeBackend {
         fn authenticate(&self, login: &str, password: &str) -> Option<String> {
             let user = match login {
                 "alice" | "alice@example.org" => "alice",
@@ -773,6 +807,10 @@ mod tests {
             };
             (password == "secret").then(|| user.to_owned())
         }
+    }
+
+    impl Pop3Backend for FakeBackend {
+        type Commit = Vec<usize>;
 
         fn open_maildrop(
             &self,
@@ -902,6 +940,10 @@ mod tests {
                     Pop3Event::Commit(indexes) => {
                         self.commits.push(indexes);
                         self.session.commit_done(self.commit_result.clone());
+                    }
+                    Pop3Event::Authenticate { login, password } => {
+                        let user = self.backend.authenticate(&login, &password);
+                        self.session.auth_done(user);
                     }
                 }
             }
@@ -1435,6 +1477,12 @@ mod tests {
         h.session.receive(
             b"CAPA\r\nUSER alice\r\nPASS secret\r\nSTAT\r\nDELE 1\r\nLIST 1\r\nUIDL 2\r\nQUIT\r\n",
         );
+        // The password check is the one pause: the rest follows at once.
+        assert!(matches!(
+            h.session.poll(),
+            Pop3Event::Authenticate { ref login, .. } if login == "alice"
+        ));
+        h.session.auth_done(Some("alice".into()));
         assert!(matches!(h.session.poll(), Pop3Event::Commit(_)));
         let batch = h.take_output();
         let statuses: Vec<&str> = batch

@@ -115,6 +115,10 @@ pub async fn serve<T: Transport>(
                     }
                 }
             }
+            Pop3Event::Authenticate { login, password } => {
+                let user = ctx.stores.authenticate(login, password).await;
+                session.auth_done(user);
+            }
             Pop3Event::Commit(durable) => {
                 let result = durable.await.map_err(|e| e.to_string());
                 if let Err(e) = &result {
