@@ -311,7 +311,9 @@ impl<C: Connector + 'static> Relay<C> {
             return temporary(format!("recipient {index} out of range"));
         };
         // The user may have been removed since RCPT was accepted.
-        let Some(user) = self.settings.users.find_by_address(&recipient.address) else {
+        // Mail a client uploaded is addressed to the user's name when the
+        // user has no address.
+        let Some(user) = self.settings.users.find_login(&recipient.address) else {
             return AttemptOutcome::Permanent {
                 reply: ReceivedReply::local(
                     550,

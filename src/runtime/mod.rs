@@ -698,7 +698,7 @@ fn find_lost_releases(
         };
         // A removed user's mail has no reader left; a mailbox that cannot
         // be opened keeps everything (never release what may be held).
-        let held = match users.find_by_address(&recipient.address) {
+        let held = match users.find_login(&recipient.address) {
             None => false,
             Some(user) => match mailboxes.user(user.name()) {
                 Ok(mailbox) => mailbox.holds(message.id, index as u32),

@@ -95,6 +95,11 @@ impl UsersHandle {
         self.current().find(name).cloned()
     }
 
+    /// The user whose name or one of whose addresses is `login`.
+    pub fn find_login(&self, login: &str) -> Option<User> {
+        self.current().find_login(login).cloned()
+    }
+
     /// `Users::verify` on the current users: the user when `login` (name or
     /// address) and `password` match. CPU-heavy: call it off any event loop.
     pub fn verify(&self, login: &str, password: &[u8]) -> Option<User> {
