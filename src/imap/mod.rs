@@ -13,6 +13,7 @@ pub mod command;
 pub mod mime;
 pub mod parser;
 pub mod response;
+pub mod search;
 pub mod structure;
 pub mod utf7;
 
