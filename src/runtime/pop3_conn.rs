@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::pop3_backend::Pop3Stores;
-use super::session_io::{flush, shutdown_signal, Outgoing};
+use super::session_io::{flush, shutdown_signal, tls_handshake, Outgoing};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
 use crate::mailbox::Durable;
@@ -24,8 +24,6 @@ use crate::pop3::{Pop3Config, Pop3Event, Pop3Session};
 /// Writes to a POP3 client: a RETR of a large message to a slow client
 /// must still finish, a dead one must not hold the session forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// A TLS handshake that has not finished by then is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Create the POP3 series at zero, so `rate()` sees the first logins.
 pub fn register_metrics() {
@@ -70,7 +68,7 @@ pub async fn serve<T: Transport>(
         let Some(config) = ctx.tls.clone() else {
             return;
         };
-        if !handshake(&mut stream, config, peer).await {
+        if !tls_handshake(&mut stream, config, peer, "POP3").await {
             return;
         }
     }
@@ -136,7 +134,7 @@ pub async fn serve<T: Transport>(
                 let Some(config) = ctx.tls.clone() else {
                     break;
                 };
-                if !handshake(&mut stream, config, peer).await {
+                if !tls_handshake(&mut stream, config, peer, "POP3").await {
                     break;
                 }
                 session.tls_started();
@@ -147,33 +145,4 @@ pub async fn serve<T: Transport>(
             }
         }
     }
-}
-
-/// TLS on `stream` (implicit or after STLS); false when it failed.
-async fn handshake<T: Transport>(
-    stream: &mut MaybeTls<T, TlsStream<T>>,
-    config: Arc<rustls::ServerConfig>,
-    peer: SocketAddr,
-) -> bool {
-    let Some(plain) = stream.take_plain() else {
-        return false;
-    };
-    let (result, done) =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsStream::accept(plain, config)).await {
-            Ok(Ok(tls)) => {
-                debug!(%peer, tls = %tls.describe(), "POP3 TLS established");
-                *stream = MaybeTls::Tls(Box::new(tls));
-                ("ok", true)
-            }
-            Ok(Err(e)) => {
-                info!(%peer, error = %e, "POP3 TLS handshake failed");
-                ("error", false)
-            }
-            Err(_) => {
-                info!(%peer, "POP3 TLS handshake timed out");
-                ("timeout", false)
-            }
-        };
-    metrics::counter!("tern_tls_handshakes_total", "result" => result).increment(1);
-    done
 }

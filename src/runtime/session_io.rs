@@ -4,12 +4,18 @@
 //!
 //! It must never interpret the bytes: protocol logic stays in the sessions.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::transport::Transport;
+use super::tls::TlsStream;
+use super::transport::{MaybeTls, Transport};
+
+/// A TLS handshake that has not finished by then is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A sans-IO server session's output queue.
 pub trait Outgoing {
@@ -54,4 +60,35 @@ pub async fn shutdown_signal(shutdown: &mut watch::Receiver<bool>) {
     if shutdown.changed().await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// Server-side TLS on `stream`: an implicit-TLS listener, or after
+/// STLS/STARTTLS. False when it failed (the connection is then unusable).
+pub async fn tls_handshake<T: Transport>(
+    stream: &mut MaybeTls<T, TlsStream<T>>,
+    config: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+    protocol: &str,
+) -> bool {
+    let Some(plain) = stream.take_plain() else {
+        return false;
+    };
+    let (result, done) =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsStream::accept(plain, config)).await {
+            Ok(Ok(tls)) => {
+                debug!(%peer, protocol, tls = %tls.describe(), "TLS established");
+                *stream = MaybeTls::Tls(Box::new(tls));
+                ("ok", true)
+            }
+            Ok(Err(e)) => {
+                info!(%peer, protocol, error = %e, "TLS handshake failed");
+                ("error", false)
+            }
+            Err(_) => {
+                info!(%peer, protocol, "TLS handshake timed out");
+                ("timeout", false)
+            }
+        };
+    metrics::counter!("tern_tls_handshakes_total", "result" => result).increment(1);
+    done
 }
