@@ -1,6 +1,7 @@
 //! FETCH response data for one message (RFC 3501 7.4.2, 6.4.5): FLAGS,
 //! UID, INTERNALDATE, RFC822.SIZE, ENVELOPE, BODY, BODYSTRUCTURE, body
-//! sections with partial windows and the RFC822 forms, written from the
+//! sections with partial windows, the RFC822 forms and BINARY (RFC 3516)
+//! parts, written from the
 //! message's metadata and its raw bytes.
 //!
 //! It only renders: it must never change flags (the session sets \Seen
@@ -8,6 +9,7 @@
 
 use std::io::Write;
 
+use super::binary;
 use super::view::write_flag_names;
 use crate::imap::command::{FetchAttribute, Section, SectionText};
 use crate::imap::response::{write_astring, write_literal, write_nstring};
@@ -41,16 +43,6 @@ pub(super) fn sets_seen(attributes: &[FetchAttribute]) -> bool {
     })
 }
 
-/// Whether the attributes ask for BINARY, which tern does not offer.
-pub(super) fn asks_binary(attributes: &[FetchAttribute]) -> bool {
-    attributes.iter().any(|a| {
-        matches!(
-            a,
-            FetchAttribute::Binary { .. } | FetchAttribute::BinarySize { .. }
-        )
-    })
-}
-
 /// How one message's FETCH response is to be written.
 pub(super) struct FetchItem<'a> {
     pub(super) seq: usize,
@@ -64,8 +56,14 @@ pub(super) struct FetchItem<'a> {
     pub(super) force_flags: bool,
 }
 
-/// Writes `* seq FETCH (...)`.
-pub(super) fn write_fetch(out: &mut Vec<u8>, item: &FetchItem<'_>, attributes: &[FetchAttribute]) {
+/// Writes `* seq FETCH (...)`. False when a BINARY part had an encoding
+/// that could not be undone (written as NIL; the command ends in
+/// `NO [UNKNOWN-CTE]`, RFC 3516 4.3).
+pub(super) fn write_fetch(
+    out: &mut Vec<u8>,
+    item: &FetchItem<'_>,
+    attributes: &[FetchAttribute],
+) -> bool {
     let _ = write!(out, "* {} FETCH (", item.seq);
     let mut first = true;
     let mut sep = |out: &mut Vec<u8>| {
@@ -84,17 +82,20 @@ pub(super) fn write_fetch(out: &mut Vec<u8>, item: &FetchItem<'_>, attributes: &
         out.extend_from_slice(b"FLAGS ");
         write_flag_names(out, item.meta);
     }
+    let mut decoded = true;
     for attribute in attributes {
         if needs_bytes(std::slice::from_ref(attribute)) && item.bytes.is_none() {
             continue;
         }
         sep(out);
-        write_attribute(out, item, attribute);
+        decoded &= write_attribute(out, item, attribute);
     }
     out.extend_from_slice(b")\r\n");
+    decoded
 }
 
-fn write_attribute(out: &mut Vec<u8>, item: &FetchItem<'_>, attribute: &FetchAttribute) {
+/// Writes one attribute; false for an undecodable BINARY part.
+fn write_attribute(out: &mut Vec<u8>, item: &FetchItem<'_>, attribute: &FetchAttribute) -> bool {
     let bytes = item.bytes.unwrap_or_default();
     match attribute {
         FetchAttribute::Flags => {
@@ -160,11 +161,50 @@ fn write_attribute(out: &mut Vec<u8>, item: &FetchItem<'_>, attribute: &FetchAtt
                 (None, None) => out.extend_from_slice(b" NIL"),
             }
         }
-        // Refused before rendering (`asks_binary`); nothing to write.
-        FetchAttribute::Binary { .. } | FetchAttribute::BinarySize { .. } => {
-            out.extend_from_slice(b"BINARY[] NIL");
+        FetchAttribute::Binary { part, partial, .. } => {
+            out.extend_from_slice(b"BINARY[");
+            write_part(out, part);
+            out.push(b']');
+            if let Some(window) = partial {
+                let _ = write!(out, "<{}>", window.origin);
+            }
+            out.push(b' ');
+            match binary::content(bytes, part) {
+                Ok(Some(data)) => {
+                    let data = match partial {
+                        Some(window) => mime::partial(&data, *window),
+                        None => &data,
+                    };
+                    // RFC 3516 4.2: content with NUL goes out as literal8.
+                    if data.contains(&0) {
+                        out.push(b'~');
+                    }
+                    write_literal(out, data);
+                }
+                Ok(None) => out.extend_from_slice(b"NIL"),
+                Err(_) => {
+                    out.extend_from_slice(b"NIL");
+                    return false;
+                }
+            }
+        }
+        FetchAttribute::BinarySize { part } => {
+            out.extend_from_slice(b"BINARY.SIZE[");
+            write_part(out, part);
+            out.push(b']');
+            match binary::content(bytes, part) {
+                Ok(Some(data)) => {
+                    let _ = write!(out, " {}", data.len());
+                }
+                Ok(None) => out.extend_from_slice(b" NIL"),
+                Err(_) => {
+                    out.extend_from_slice(b" NIL");
+                    return false;
+                }
+            }
         }
     }
+    true
 }
 
 fn section_bytes(message: &[u8], text: SectionText) -> Option<Vec<u8>> {
@@ -175,14 +215,19 @@ fn section_bytes(message: &[u8], text: SectionText) -> Option<Vec<u8>> {
     mime::section(message, &section).map(|data| data.into_owned())
 }
 
-/// The section as the client wrote it, for the response item name.
-fn write_section_spec(out: &mut Vec<u8>, section: &Section) {
-    for (index, number) in section.part.iter().enumerate() {
+/// A part path `1.2.3`.
+fn write_part(out: &mut Vec<u8>, part: &[u32]) {
+    for (index, number) in part.iter().enumerate() {
         if index > 0 {
             out.push(b'.');
         }
         let _ = write!(out, "{number}");
     }
+}
+
+/// The section as the client wrote it, for the response item name.
+fn write_section_spec(out: &mut Vec<u8>, section: &Section) {
+    write_part(out, &section.part);
     let Some(text) = &section.text else {
         return;
     };

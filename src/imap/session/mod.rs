@@ -11,6 +11,7 @@
 //! change before it is durable, never execute bytes pipelined after
 //! STARTTLS, and never renumber messages without telling the client.
 
+mod binary;
 mod fetch;
 mod view;
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use self::fetch::{asks_binary, sets_seen, write_fetch, FetchItem};
+use self::fetch::{sets_seen, write_fetch, FetchItem};
 use self::view::{write_flags_announcement, write_flags_fetch, SelectedView};
 use super::command::{
     Command, CommandBody, FetchAttribute, Flag, ListCommand, MailboxName, SearchCommand,
@@ -683,10 +684,17 @@ impl ImapSession {
         let Some(user) = &mut self.user else {
             return true;
         };
+        // Every change bumps the version: unchanged means nothing to
+        // report, unless an earlier sync had to hold expunges back.
+        let changed = user.changes.has_changed().unwrap_or(true);
         user.changes.borrow_and_update();
         let Some(view) = &mut self.selected else {
             return true;
         };
+        let deferred = expunges && view.expunges_deferred;
+        if !changed && !deferred {
+            return true;
+        }
         let fresh = user.mailboxes.snapshot(&view.name).ok();
         if view.sync(fresh, expunges, &mut self.output) == view::SyncOutcome::Current {
             return true;
@@ -928,6 +936,10 @@ impl ImapSession {
         let Some(mailboxes) = self.mailboxes() else {
             return bad(tag, "Not logged in");
         };
+        // Marked before the snapshot: a change after it bumps again.
+        if let Some(user) = &mut self.user {
+            user.changes.borrow_and_update();
+        }
         let snapshot = match canonical_folder(mailbox.as_str())
             .and_then(|name| Ok((mailboxes.snapshot(&name)?, name)))
         {
@@ -963,9 +975,6 @@ impl ImapSession {
             Some(&ResponseCode::UidNext(snapshot.uidnext)),
             "Predicted next UID",
         );
-        if let Some(user) = &mut self.user {
-            user.changes.borrow_and_update();
-        }
         self.selected = Some(SelectedView::new(name, read_only, snapshot));
         let (code, text) = if read_only {
             (ResponseCode::ReadOnly, "EXAMINE completed")
@@ -1353,9 +1362,6 @@ impl ImapSession {
         set: &SequenceSet,
         attributes: &[FetchAttribute],
     ) -> Reply {
-        if asks_binary(attributes) {
-            return no(tag, Some(&ResponseCode::Cannot), "BINARY is not supported");
-        }
         let indexes = match targets(view, uid, set) {
             Ok(indexes) => indexes,
             Err(text) => return bad(tag, text),
@@ -1391,6 +1397,7 @@ impl ImapSession {
         }
         let with_bytes = fetch::needs_bytes(attributes);
         let mut unreadable = false;
+        let mut decoded = true;
         for index in indexes {
             let Some(meta) = view.messages.get(index) else {
                 continue;
@@ -1409,9 +1416,17 @@ impl ImapSession {
                 force_uid: uid,
                 force_flags: newly_seen.contains(&meta.uid),
             };
-            write_fetch(&mut self.output, &item, attributes);
+            decoded &= write_fetch(&mut self.output, &item, attributes);
         }
-        let line = if unreadable {
+        let line = if !decoded {
+            // RFC 3516 4.3: the response code is not in the encoder's set.
+            tagged(
+                tag,
+                Status::No,
+                None,
+                "[UNKNOWN-CTE] Some parts have an unknown content transfer encoding",
+            )
+        } else if unreadable {
             tagged(
                 tag,
                 Status::No,

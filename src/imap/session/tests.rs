@@ -405,12 +405,47 @@ async fn fetch_answers_every_attribute() {
     let reply = send(&mut session, "b FETCH 3 FLAGS\r\n").await;
     assert_eq!(reply, "b BAD Invalid message sequence number\r\n");
     let reply = send(&mut session, "b FETCH 1 BINARY[1]\r\n").await;
-    assert_eq!(reply, "b NO [CANNOT] BINARY is not supported\r\n");
+    assert_eq!(
+        reply,
+        "* 1 FETCH (BINARY[1] {24}\r\nShall we meet at noon?\r\n)\r\nb OK FETCH completed\r\n"
+    );
+    let reply = send(
+        &mut session,
+        "b FETCH 2 (BINARY.PEEK[2]<1.2> BINARY.SIZE[1])\r\n",
+    )
+    .await;
+    assert_eq!(
+        reply,
+        "* 2 FETCH (BINARY[2]<1> {2}\r\nAA BINARY.SIZE[1] 13)\r\nb OK FETCH completed\r\n"
+    );
     fake.unreadable.set(true);
     let reply = send(&mut session, "r FETCH 1 (UID RFC822)\r\n").await;
     assert_eq!(
         reply,
         "* 1 FETCH (UID 1)\r\nr NO [UNAVAILABLE] Some messages could not be read\r\n"
+    );
+}
+
+#[tokio::test]
+async fn binary_of_an_unknown_encoding_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    fake.deliver(
+        "Subject: x\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n",
+        &[],
+    )
+    .await;
+    fake.deliver(
+        "Subject: y\r\nContent-Transfer-Encoding: base64\r\n\r\nAAEC\r\n",
+        &[],
+    )
+    .await;
+    let mut session = selected(&fake).await;
+    let reply = send(&mut session, "b FETCH 1:2 BINARY.PEEK[1]\r\n").await;
+    assert_eq!(
+        reply,
+        "* 1 FETCH (BINARY[1] NIL)\r\n* 2 FETCH (BINARY[1] ~{3}\r\n\0\x01\x02)\r\n\
+         b NO [UNKNOWN-CTE] Some parts have an unknown content transfer encoding\r\n"
     );
 }
 

@@ -23,6 +23,9 @@ pub(super) struct SelectedView {
     pub(super) messages: Vec<MessageMeta>,
     /// Keywords announced in the last FLAGS response.
     pub(super) keywords: Vec<Keyword>,
+    /// A sync left expunged messages in the view (RFC 3501 7.4.1): the
+    /// next sync that may report them must look even if nothing changed.
+    pub(super) expunges_deferred: bool,
 }
 
 /// What a sync found that the session must act on.
@@ -41,6 +44,7 @@ impl SelectedView {
             uidvalidity: snapshot.uidvalidity,
             messages: snapshot.messages,
             keywords: snapshot.keywords,
+            expunges_deferred: false,
         }
     }
 
@@ -91,15 +95,16 @@ impl SelectedView {
             self.keywords = fresh.keywords.clone();
             write_flags_announcement(out, &self.keywords, self.read_only);
         }
+        let gone: Vec<Uid> = self
+            .messages
+            .iter()
+            .map(|m| m.uid)
+            .filter(|uid| fresh.messages.binary_search_by_key(uid, |m| m.uid).is_err())
+            .collect();
         if expunges {
-            let gone: Vec<Uid> = self
-                .messages
-                .iter()
-                .map(|m| m.uid)
-                .filter(|uid| fresh.messages.binary_search_by_key(uid, |m| m.uid).is_err())
-                .collect();
             self.expunge_uids(&gone, out);
         }
+        self.expunges_deferred = !expunges && !gone.is_empty();
         let largest = self.largest_uid();
         let mut changed = Vec::new();
         for (index, message) in self.messages.iter_mut().enumerate() {
