@@ -283,6 +283,7 @@ fn list_match(pattern: &str, name: &str) -> bool {
     let pattern: Vec<char> = pattern.chars().collect();
     let name: Vec<char> = name.chars().collect();
     // matched[j]: the pattern so far matches the first j characters.
+    // Every index below is at most name.len(), so within both vectors.
     let mut matched = vec![false; name.len() + 1];
     matched[0] = true;
     for p in &pattern {
@@ -1562,12 +1563,21 @@ struct StoreRequest<'a> {
 /// do not exist are skipped, RFC 3501 6.4.8).
 fn targets(view: &SelectedView, uid: bool, set: &SequenceSet) -> Result<Vec<usize>, &'static str> {
     if uid {
+        // Sorted, disjoint ranges: the one that could hold a UID is the
+        // last starting at or below it.
         let ranges = set.resolve(view.largest_uid());
+        let in_set = |uid: u32| {
+            let after = ranges.partition_point(|&(lo, _)| lo <= uid);
+            after
+                .checked_sub(1)
+                .and_then(|i| ranges.get(i))
+                .is_some_and(|&(_, hi)| uid <= hi)
+        };
         return Ok(view
             .messages
             .iter()
             .enumerate()
-            .filter(|(_, m)| ranges.iter().any(|&(lo, hi)| lo <= m.uid && m.uid <= hi))
+            .filter(|(_, m)| in_set(m.uid))
             .map(|(index, _)| index)
             .collect());
     }

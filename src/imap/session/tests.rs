@@ -899,6 +899,68 @@ async fn logout_timeouts_and_shutdown_say_bye() {
     );
 }
 
+#[tokio::test]
+async fn renaming_the_selected_folder_keeps_it_selected() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let mut session = logged_in(&fake).await;
+    send(&mut session, "c CREATE Work/Old\r\n").await;
+    send(&mut session, "s SELECT Work/Old\r\n").await;
+    let command = format!("a APPEND Work/Old {{{}+}}\r\n{MESSAGE}\r\n", MESSAGE.len());
+    let reply = send(&mut session, &command).await;
+    assert!(
+        reply.starts_with("* 1 EXISTS\r\na OK [APPENDUID"),
+        "{reply}"
+    );
+    assert_eq!(
+        send(&mut session, "r RENAME Work Play\r\n").await,
+        "r OK RENAME completed\r\n"
+    );
+    let reply = send(&mut session, "f UID FETCH 1:* UID\r\n").await;
+    assert_eq!(reply, "* 1 FETCH (UID 1)\r\nf OK FETCH completed\r\n");
+    // Deleting it deselects it.
+    assert_eq!(
+        send(&mut session, "d DELETE Play/Old\r\n").await,
+        "d OK DELETE completed\r\n"
+    );
+    let reply = send(&mut session, "n NOOP\r\n").await;
+    assert_eq!(reply, "n OK NOOP completed\r\n");
+    let reply = send(&mut session, "f FETCH 1 UID\r\n").await;
+    assert_eq!(reply, "f BAD FETCH needs a selected mailbox\r\n");
+}
+
+#[tokio::test]
+async fn sets_on_an_empty_folder_and_login_literals() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let (mut session, _) = open(&fake, true, true).await;
+    assert_eq!(
+        send(&mut session, "a LOGIN {5}\r\n").await,
+        "+ Ready for literal data\r\n"
+    );
+    let reply = send(&mut session, "alice \"secret\"\r\n").await;
+    assert!(reply.starts_with("a OK [CAPABILITY"), "{reply}");
+    send(&mut session, "s SELECT Junk\r\n").await;
+    let reply = send(&mut session, "f UID FETCH 1:* FLAGS\r\n").await;
+    assert_eq!(reply, "f OK FETCH completed\r\n");
+    let reply = send(&mut session, "f FETCH 1:* FLAGS\r\n").await;
+    assert_eq!(reply, "f BAD Invalid message sequence number\r\n");
+    let reply = send(&mut session, "s SEARCH ALL\r\n").await;
+    assert_eq!(reply, "* SEARCH\r\ns OK SEARCH completed\r\n");
+    let reply = send(&mut session, "t STARTTLS\r\n").await;
+    assert_eq!(reply, "t BAD TLS is already active\r\n");
+    let backend: Rc<dyn ImapBackend> = fake.clone();
+    let no_tls = Arc::new(ImapConfig {
+        starttls_available: false,
+        ..(*config(true)).clone()
+    });
+    let mut session = ImapSession::new(no_tls, backend, false);
+    let greeting = drive(&mut session).await.text;
+    assert!(!greeting.contains("STARTTLS"), "{greeting}");
+    let reply = send(&mut session, "t STARTTLS\r\n").await;
+    assert_eq!(reply, "t BAD STARTTLS is not available\r\n");
+}
+
 #[test]
 fn list_patterns_match_wildcards() {
     assert!(list_match("*", "a/b/c"));
