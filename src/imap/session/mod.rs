@@ -50,6 +50,9 @@ pub const BAD_COMMANDS_MAX: u32 = 20;
 /// Failed logins on one connection before it is closed: guessing stays
 /// slow without locking anybody out.
 pub const LOGIN_FAILURES_MAX: u32 = 3;
+/// Output size at which a FETCH pauses for the runtime to write (Flush):
+/// a large FETCH is held in memory a slice at a time, not whole.
+pub const OUTPUT_HIGH_WATER: usize = 256 << 10;
 /// Charsets SEARCH accepts (RFC 3501 6.4.4); keys arrive in UTF-8.
 const SEARCH_CHARSETS: [&str; 2] = ["UTF-8", "US-ASCII"];
 
@@ -120,6 +123,9 @@ pub enum ImapEvent {
     /// change (`changed()`; call `mailbox_changed`, then `poll`). The
     /// receiver has seen every change the session already reported.
     Idle(watch::Receiver<u64>),
+    /// Write all of `output()`, then poll again (without reading): a
+    /// large response continues.
+    Flush,
     /// Flush output, then close the connection.
     Close,
 }
@@ -132,6 +138,7 @@ impl fmt::Debug for ImapEvent {
             ImapEvent::Commit(_) => "Commit",
             ImapEvent::Append(_) => "Append",
             ImapEvent::Idle(_) => "Idle",
+            ImapEvent::Flush => "Flush",
             ImapEvent::Close => "Close",
         })
     }
@@ -149,12 +156,31 @@ enum Phase {
     AwaitingCommit { tag: String, line: Vec<u8> },
     /// An Append event is out.
     AwaitingAppend { tag: String },
+    /// A FETCH is being answered a part at a time.
+    Fetching(Box<FetchJob>),
     /// A StartTls event is out.
     AwaitingTls,
     /// The last response is queued; the next poll returns Close.
     Closing,
     /// Close was returned; everything is ignored.
     Closed,
+}
+
+/// A FETCH in progress: the messages still to write and what the
+/// tagged response will say.
+struct FetchJob {
+    tag: String,
+    uid: bool,
+    attributes: Vec<FetchAttribute>,
+    /// Indexes into the selected view, which no command changes meanwhile.
+    indexes: Vec<usize>,
+    next: usize,
+    /// UIDs whose \Seen this FETCH set: FLAGS is reported for them.
+    newly_seen: BTreeSet<u32>,
+    /// The \Seen change, awaited before the tagged OK.
+    durable: Option<Durable>,
+    unreadable: bool,
+    decoded: bool,
 }
 
 /// A logged-in user.
@@ -388,6 +414,12 @@ impl ImapSession {
                 Phase::AwaitingCommit { .. }
                 | Phase::AwaitingAppend { .. }
                 | Phase::AwaitingTls => return ImapEvent::NeedInput,
+                Phase::Fetching(_) => {
+                    if let Some(event) = self.fetch_step() {
+                        return event;
+                    }
+                    continue;
+                }
                 Phase::Ready | Phase::AuthResponse { .. } | Phase::Idling { .. } => {}
             }
             let Some(parsed) = self.reader.next() else {
@@ -1396,16 +1428,40 @@ impl ImapSession {
                 }
             }
         }
-        let with_bytes = fetch::needs_bytes(attributes);
-        let mut unreadable = false;
-        let mut decoded = true;
-        for index in indexes {
+        self.phase = Phase::Fetching(Box::new(FetchJob {
+            tag: tag.to_string(),
+            uid,
+            attributes: attributes.to_vec(),
+            indexes,
+            next: 0,
+            newly_seen,
+            durable,
+            unreadable: false,
+            decoded: true,
+        }));
+        Reply::Nothing
+    }
+
+    /// Writes FETCH responses until the output reaches
+    /// [`OUTPUT_HIGH_WATER`] (then Flush) or the job is done (then the
+    /// tagged response, possibly after a Commit).
+    fn fetch_step(&mut self) -> Option<ImapEvent> {
+        let (Phase::Fetching(job), Some(view)) = (&mut self.phase, &self.selected) else {
+            self.phase = Phase::Ready;
+            return None;
+        };
+        let with_bytes = fetch::needs_bytes(&job.attributes);
+        while let Some(&index) = job.indexes.get(job.next) {
+            if self.output.len() >= OUTPUT_HIGH_WATER {
+                return Some(ImapEvent::Flush);
+            }
+            job.next += 1;
             let Some(meta) = view.messages.get(index) else {
                 continue;
             };
             let bytes = if with_bytes {
                 let bytes = self.backend.message_bytes(meta);
-                unreadable |= bytes.is_none();
+                job.unreadable |= bytes.is_none();
                 bytes
             } else {
                 None
@@ -1414,12 +1470,16 @@ impl ImapSession {
                 seq: index + 1,
                 meta,
                 bytes: bytes.as_deref(),
-                force_uid: uid,
-                force_flags: newly_seen.contains(&meta.uid),
+                force_uid: job.uid,
+                force_flags: job.newly_seen.contains(&meta.uid),
             };
-            decoded &= write_fetch(&mut self.output, &item, attributes);
+            job.decoded &= write_fetch(&mut self.output, &item, &job.attributes);
         }
-        let line = if !decoded {
+        let Phase::Fetching(job) = std::mem::replace(&mut self.phase, Phase::Ready) else {
+            return None;
+        };
+        let tag = job.tag.as_str();
+        let line = if !job.decoded {
             // RFC 3516 4.3: the response code is not in the encoder's set.
             tagged(
                 tag,
@@ -1427,7 +1487,7 @@ impl ImapSession {
                 None,
                 "[UNKNOWN-CTE] Some parts have an unknown content transfer encoding",
             )
-        } else if unreadable {
+        } else if job.unreadable {
             tagged(
                 tag,
                 Status::No,
@@ -1437,10 +1497,11 @@ impl ImapSession {
         } else {
             tagged(tag, Status::Ok, None, "FETCH completed")
         };
-        match durable {
-            Some(durable) => Reply::Commit(durable, tag.to_string(), line),
+        let reply = match job.durable {
+            Some(durable) => Reply::Commit(durable, job.tag, line),
             None => Reply::Line(line),
-        }
+        };
+        self.finish(reply, job.uid)
     }
 
     fn store(

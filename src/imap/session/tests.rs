@@ -152,6 +152,7 @@ async fn drive(session: &mut ImapSession) -> Seen {
             ImapEvent::Append(ticket) => {
                 session.append_done(ticket.await.map_err(|e| e.to_string()))
             }
+            ImapEvent::Flush => {}
             ImapEvent::NeedInput => break "NeedInput",
             ImapEvent::StartTls => break "StartTls",
             ImapEvent::Idle(_) => break "Idle",
@@ -447,6 +448,38 @@ async fn binary_of_an_unknown_encoding_is_refused() {
         "* 1 FETCH (BINARY[1] NIL)\r\n* 2 FETCH (BINARY[1] ~{3}\r\n\0\x01\x02)\r\n\
          b NO [UNKNOWN-CTE] Some parts have an unknown content transfer encoding\r\n"
     );
+}
+
+#[tokio::test]
+async fn a_large_fetch_pauses_for_the_output_to_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let body = format!("Subject: big\r\n\r\n{}", "x".repeat(OUTPUT_HIGH_WATER / 2));
+    for _ in 0..4 {
+        fake.deliver(&body, &[]).await;
+    }
+    let mut session = selected(&fake).await;
+    // Pipelined: the NOOP waits until the FETCH is complete.
+    session.receive(b"f FETCH 1:4 BODY[]\r\nn NOOP\r\n");
+    let mut flushes = 0;
+    let mut text = String::new();
+    loop {
+        let event = session.poll();
+        assert!(session.output().len() < OUTPUT_HIGH_WATER + body.len() + 100);
+        text.push_str(&String::from_utf8_lossy(session.output()));
+        session.consume_output(session.output().len());
+        match event {
+            ImapEvent::Flush => flushes += 1,
+            ImapEvent::Commit(durable) => {
+                session.commit_done(durable.await.map_err(|e| e.to_string()))
+            }
+            ImapEvent::NeedInput => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(flushes, 1);
+    assert_eq!(text.matches(" FETCH (FLAGS (\\Seen) BODY[] {").count(), 4);
+    assert!(text.ends_with(")\r\nf OK FETCH completed\r\nn OK NOOP completed\r\n"));
 }
 
 #[tokio::test]
