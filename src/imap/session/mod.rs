@@ -33,7 +33,7 @@ use super::command::{
 };
 use super::parser::{AuthResponse, CommandReader, Parsed};
 use super::response::{self, ResponseCode, Status};
-use super::search::{matches, needs_bytes, SearchMessage};
+use super::search::{matches_all, needs_bytes, SearchMessage};
 use crate::mailbox::{
     canonical_folder, Durable, FlagOp, Flags, MailboxError, MessageMeta, SystemFlags,
     UserMailboxes, HIERARCHY_DELIMITER,
@@ -1378,7 +1378,7 @@ impl ImapSession {
                 meta,
                 bytes: bytes.as_deref(),
             };
-            if search.criteria.iter().all(|key| matches(key, &message)) {
+            if matches_all(&search.criteria, &message) {
                 found.push(if search.uid { meta.uid } else { seq });
             }
         }
