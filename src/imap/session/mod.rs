@@ -72,8 +72,9 @@ pub struct ImapConfig {
 }
 
 /// Resolves when an APPENDed message is filed and durable: to the
-/// folder's (UIDVALIDITY, UID of the new message).
-pub type AppendTicket = Pin<Box<dyn Future<Output = Result<(u32, u32), MailboxError>>>>;
+/// folder's (UIDVALIDITY, UID of the new message), or why it failed (for
+/// the log; the client gets a generic NO).
+pub type AppendTicket = Pin<Box<dyn Future<Output = Result<(u32, u32), String>>>>;
 
 /// The session's view of users, their mailboxes and message bytes. Calls
 /// answer at once from memory; persistence hides behind the returned

@@ -122,7 +122,7 @@ impl ImapBackend for Fake {
     ) -> Result<AppendTicket, MailboxError> {
         let (validity, uid, durable) = self.file(folder, bytes, flags, date_ms)?;
         Ok(Box::pin(async move {
-            durable.await?;
+            durable.await.map_err(|e| e.to_string())?;
             Ok((validity, uid))
         }))
     }
@@ -149,9 +149,7 @@ async fn drive(session: &mut ImapSession) -> Seen {
             ImapEvent::Commit(durable) => {
                 session.commit_done(durable.await.map_err(|e| e.to_string()))
             }
-            ImapEvent::Append(ticket) => {
-                session.append_done(ticket.await.map_err(|e| e.to_string()))
-            }
+            ImapEvent::Append(ticket) => session.append_done(ticket.await),
             ImapEvent::Flush => {}
             ImapEvent::NeedInput => break "NeedInput",
             ImapEvent::StartTls => break "StartTls",
