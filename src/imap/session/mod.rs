@@ -519,12 +519,11 @@ impl ImapSession {
     }
 
     /// The user's mailboxes changed while in IDLE: report what the
-    /// selected mailbox shows now (RFC 2177 3).
+    /// selected mailbox shows now (RFC 2177 3). Outside IDLE it does
+    /// nothing: the next command reports the change.
     pub fn mailbox_changed(&mut self) {
         if matches!(self.phase, Phase::Idling { .. }) {
             self.sync(true);
-        } else if let Some(user) = &mut self.user {
-            user.changes.borrow_and_update();
         }
     }
 

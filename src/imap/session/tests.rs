@@ -651,6 +651,8 @@ async fn two_sessions_see_each_others_changes() {
     let mut first = selected(&fake).await;
     let mut second = selected(&fake).await;
     send(&mut second, "a STORE 2 +FLAGS (\\Flagged)\r\n").await;
+    // A wake-up outside IDLE swallows nothing.
+    first.mailbox_changed();
     let reply = send(&mut first, "n NOOP\r\n").await;
     assert_eq!(
         reply,

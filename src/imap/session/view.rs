@@ -63,7 +63,7 @@ impl SelectedView {
         u32::try_from(index + 1).ok()
     }
 
-    /// Removes the messages with these UIDs, writing `* n EXPUNGE` for each
+    /// Removes the messages with these UIDs (ascending), writing `* n EXPUNGE` for each
     /// from the highest sequence number down, so that every number sent is
     /// valid when the client reads it.
     pub(super) fn expunge_uids(&mut self, uids: &[Uid], out: &mut Vec<u8>) {
