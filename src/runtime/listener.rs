@@ -27,6 +27,10 @@ pub enum ListenerKind {
     Pop3,
     /// POP3 over implicit TLS (port 995 in production, RFC 8314).
     Pop3Tls,
+    /// IMAP with STARTTLS (port 143 in production).
+    Imap,
+    /// IMAP over implicit TLS (port 993 in production, RFC 8314).
+    ImapTls,
 }
 
 impl ListenerKind {
@@ -36,6 +40,8 @@ impl ListenerKind {
             ListenerKind::Submission => "submission",
             ListenerKind::Pop3 => "pop3",
             ListenerKind::Pop3Tls => "pop3s",
+            ListenerKind::Imap => "imap",
+            ListenerKind::ImapTls => "imaps",
         }
     }
 }

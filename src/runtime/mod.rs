@@ -6,7 +6,10 @@
 //! and shuts down.
 
 pub mod admin;
+pub mod imap_backend;
+pub mod imap_conn;
 pub mod listener;
+pub mod mailbox_append;
 pub mod outbound;
 pub mod pop3_backend;
 pub mod pop3_conn;
@@ -26,6 +29,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, IoMode, OutboundTls};
+use crate::imap::ImapConfig;
 use crate::mailbox::MailboxStore;
 use crate::pop3::{Pop3Config, AUTOLOGOUT_MIN};
 use crate::queue::retry::RetryPolicy;
@@ -41,6 +45,8 @@ use crate::spool::SpoolWriter;
 use crate::spool::{QueueId, RecipientState, Spool, SpoolConfig, SpoolError};
 use crate::users::UsersHandle;
 use admin::{AdminCommand, AdminRequest, AdminSocket};
+use imap_backend::ImapStores;
+use imap_conn::ImapContext;
 use listener::{Acceptor, BoundAddress, ListenerKind};
 use outbound::{CertCheck, TokioConnector, UringConnector};
 use pop3_backend::{MaildropLocks, Pop3Stores};
@@ -115,6 +121,8 @@ pub struct ServerHandle {
     pub submission_addrs: Vec<SocketAddr>,
     pub pop3_addrs: Vec<SocketAddr>,
     pub pop3_tls_addrs: Vec<SocketAddr>,
+    pub imap_addrs: Vec<SocketAddr>,
+    pub imap_tls_addrs: Vec<SocketAddr>,
     pub driver: Driver,
     pub spool: Arc<Spool>,
     /// Local users' mailboxes (their messages stay in the spool).
@@ -156,6 +164,7 @@ struct CoreSetup {
     /// Mailbox releases to persist (core 0 only).
     releases: Option<tokio::sync::mpsc::UnboundedReceiver<(QueueId, u32)>>,
     pop3_config: Arc<Pop3Config>,
+    imap_config: Arc<ImapConfig>,
     maildrop_locks: Arc<MaildropLocks>,
 }
 
@@ -204,6 +213,12 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             ListenerKind::Pop3Tls,
             &config.pop3.tls_listen,
         ),
+        ("[imap] listen", ListenerKind::Imap, &config.imap.listen),
+        (
+            "[imap] tls_listen",
+            ListenerKind::ImapTls,
+            &config.imap.tls_listen,
+        ),
     ] {
         for &addr in addrs {
             let b = listener::bind_per_core(kind, addr, cores)
@@ -216,12 +231,18 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     kinds.dedup();
     smtp_conn::register_metrics(&kinds);
     pop3_conn::register_metrics();
+    imap_conn::register_metrics();
     let submission_addrs = addrs_of(&bound, ListenerKind::Submission);
     let pop3_addrs = addrs_of(&bound, ListenerKind::Pop3);
     let pop3_tls_addrs = addrs_of(&bound, ListenerKind::Pop3Tls);
-    if !config.imap.listen.is_empty() || !config.imap.tls_listen.is_empty() {
-        warn!("IMAP is not built yet: the [imap] listeners are not opened");
-    }
+    let imap_addrs = addrs_of(&bound, ListenerKind::Imap);
+    let imap_tls_addrs = addrs_of(&bound, ListenerKind::ImapTls);
+    let imap_config = Arc::new(ImapConfig {
+        hostname: config.hostname(),
+        starttls_available: tls.is_some(),
+        allow_plaintext_auth: config.imap.allow_plaintext_auth,
+        literal_max: config.smtp.max_message_size,
+    });
     let pop3_config = Arc::new(Pop3Config {
         hostname: config.hostname(),
         stls_available: tls.is_some(),
@@ -287,6 +308,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             relay: relay_parts.for_core(recovered, admin_rx),
             releases: release_rx.take(),
             pop3_config: Arc::clone(&pop3_config),
+            imap_config: Arc::clone(&imap_config),
             maildrop_locks: Arc::clone(&maildrop_locks),
             core,
             driver,
@@ -313,6 +335,8 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         submission_addrs,
         pop3_addrs,
         pop3_tls_addrs,
+        imap_addrs,
+        imap_tls_addrs,
         driver,
         spool,
         mailboxes,
@@ -519,6 +543,7 @@ where
         relay,
         releases,
         pop3_config,
+        imap_config,
         maildrop_locks,
         ..
     } = setup;
@@ -587,11 +612,22 @@ where
         }),
         tls: tls.clone(),
     });
+    let imap = Rc::new(ImapContext {
+        config: imap_config,
+        stores: Rc::new(ImapStores {
+            users: parts.users.clone(),
+            mailboxes: Arc::clone(&parts.mailboxes),
+            spool: Arc::clone(&spool),
+            writer: Rc::clone(&writer),
+        }),
+        tls: tls.clone(),
+    });
     let ctx = Rc::new(CoreContext {
         core,
         session_config,
         tls,
         pop3,
+        imap,
         spool: writer,
         scheduler: Rc::clone(&scheduler),
         recipient_hook,
@@ -759,6 +795,12 @@ async fn accept_loop<A: Acceptor + 'static>(
                             let implicit_tls = kind == ListenerKind::Pop3Tls;
                             let pop3 = Rc::clone(&ctx.pop3);
                             pop3_conn::serve(stream, peer, implicit_tls, pop3, session_shutdown)
+                                .await
+                        }
+                        ListenerKind::Imap | ListenerKind::ImapTls => {
+                            let implicit_tls = kind == ListenerKind::ImapTls;
+                            let imap = Rc::clone(&ctx.imap);
+                            imap_conn::serve(stream, peer, implicit_tls, imap, session_shutdown)
                                 .await
                         }
                     }

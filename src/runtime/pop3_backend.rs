@@ -53,23 +53,6 @@ pub struct Pop3Stores {
     pub locks: Arc<MaildropLocks>,
 }
 
-impl Pop3Stores {
-    /// The user a login and password belong to. Runs argon2id (tens of
-    /// milliseconds of CPU by design) on tokio's blocking pool, never on
-    /// the core's event loop.
-    pub async fn authenticate(&self, login: String, password: String) -> Option<String> {
-        let users = self.users.clone();
-        tokio::task::spawn_blocking(move || {
-            users
-                .verify(&login, password.as_bytes())
-                .map(|user| user.name().to_owned())
-        })
-        .await
-        .ok()
-        .flatten()
-    }
-}
-
 impl Pop3Backend for Pop3Stores {
     type Commit = Durable;
 

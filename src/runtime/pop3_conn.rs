@@ -114,7 +114,7 @@ pub async fn serve<T: Transport>(
                 }
             }
             Pop3Event::Authenticate { login, password } => {
-                let user = ctx.stores.authenticate(login, password).await;
+                let user = ctx.stores.users.verify_off_loop(login, password).await;
                 session.auth_done(user);
             }
             Pop3Event::Commit(durable) => {

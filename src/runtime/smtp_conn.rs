@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::imap_conn::ImapContext;
 use super::listener::ListenerKind;
 use super::pop3_conn::Pop3Context;
 use super::session_io::{flush, shutdown_signal, Outgoing};
@@ -32,6 +33,8 @@ pub struct CoreContext {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// POP3 connections of this core.
     pub pop3: Rc<Pop3Context>,
+    /// IMAP connections of this core.
+    pub imap: Rc<ImapContext>,
     /// Shared with this core's delivery worker (recipient updates, DSNs).
     pub spool: Rc<RefCell<SpoolWriter>>,
     /// Where a durable message goes to be delivered.

@@ -95,6 +95,21 @@ impl UsersHandle {
         self.current().find(name).cloned()
     }
 
+    /// `verify` on tokio's blocking pool: argon2id costs tens of
+    /// milliseconds of CPU by design and must never run on a core's event
+    /// loop. Returns the user's name.
+    pub async fn verify_off_loop(&self, login: String, password: String) -> Option<String> {
+        let users = self.clone();
+        tokio::task::spawn_blocking(move || {
+            users
+                .verify(&login, password.as_bytes())
+                .map(|user| user.name().to_owned())
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// The user whose name or one of whose addresses is `login`.
     pub fn find_login(&self, login: &str) -> Option<User> {
         self.current().find_login(login).cloned()

@@ -80,10 +80,6 @@ pub type AppendTicket = Pin<Box<dyn Future<Output = Result<(u32, u32), String>>>
 /// answer at once from memory; persistence hides behind the returned
 /// [`Durable`] and [`AppendTicket`].
 pub trait ImapBackend {
-    /// `login` is a user name or address; None when unknown or the
-    /// password is wrong. Returns the user's canonical name.
-    fn authenticate(&self, login: &str, password: &str) -> Option<String>;
-
     /// The user's mailboxes.
     fn mailboxes(&self, user: &str) -> Result<Arc<UserMailboxes>, MailboxError>;
 
@@ -127,6 +123,10 @@ pub enum ImapEvent {
     /// Write all of `output()`, then poll again (without reading): a
     /// large response continues.
     Flush,
+    /// Check these credentials off the event loop (the hash is slow by
+    /// design), then call `auth_done` with the user's canonical name, or
+    /// None for an unknown login or a wrong password.
+    Authenticate { login: String, password: String },
     /// Flush output, then close the connection.
     Close,
 }
@@ -140,6 +140,7 @@ impl fmt::Debug for ImapEvent {
             ImapEvent::Append(_) => "Append",
             ImapEvent::Idle(_) => "Idle",
             ImapEvent::Flush => "Flush",
+            ImapEvent::Authenticate { .. } => "Authenticate",
             ImapEvent::Close => "Close",
         })
     }
@@ -157,6 +158,12 @@ enum Phase {
     AwaitingCommit { tag: String, line: Vec<u8> },
     /// An Append event is out.
     AwaitingAppend { tag: String },
+    /// An Authenticate event is out; `auth_done` goes on with the login.
+    AwaitingAuth {
+        tag: String,
+        login: String,
+        authzid: Option<String>,
+    },
     /// A FETCH is being answered a part at a time.
     Fetching(Box<FetchJob>),
     /// A StartTls event is out.
@@ -414,6 +421,7 @@ impl ImapSession {
                 Phase::Closed => return ImapEvent::Close,
                 Phase::AwaitingCommit { .. }
                 | Phase::AwaitingAppend { .. }
+                | Phase::AwaitingAuth { .. }
                 | Phase::AwaitingTls => return ImapEvent::NeedInput,
                 Phase::Fetching(_) => {
                     if let Some(event) = self.fetch_step() {
@@ -901,8 +909,46 @@ impl ImapSession {
 
     /// Checks credentials; `authzid` (PLAIN) may only name the user
     /// itself (RFC 4616 2).
+    /// Hands the credentials to the runtime (an Authenticate event);
+    /// `auth_done` finishes the login.
     fn login(&mut self, tag: &str, login: &str, password: &str, authzid: Option<&str>) -> Reply {
-        let Some(name) = self.backend.authenticate(login, password) else {
+        self.phase = Phase::AwaitingAuth {
+            tag: tag.to_owned(),
+            login: login.to_owned(),
+            authzid: authzid.map(str::to_owned),
+        };
+        Reply::Event(ImapEvent::Authenticate {
+            login: login.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+
+    /// Outcome of the last [`ImapEvent::Authenticate`].
+    pub fn auth_done(&mut self, user: Option<String>) {
+        let Phase::AwaitingAuth {
+            tag,
+            login,
+            authzid,
+        } = std::mem::replace(&mut self.phase, Phase::Ready)
+        else {
+            return;
+        };
+        if let Reply::Line(line) = self.logged_in(&tag, &login, authzid.as_deref(), user) {
+            self.output.extend_from_slice(&line);
+        }
+    }
+
+    /// The rest of a login once the password was checked: the
+    /// authorization identity may only be empty, the login or the user it
+    /// names (RFC 4616 2).
+    fn logged_in(
+        &mut self,
+        tag: &str,
+        login: &str,
+        authzid: Option<&str>,
+        user: Option<String>,
+    ) -> Reply {
+        let Some(name) = user else {
             return self.login_failed(tag);
         };
         if let Some(authzid) = authzid.filter(|z| !z.is_empty()) {

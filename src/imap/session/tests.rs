@@ -94,11 +94,11 @@ impl Fake {
     }
 }
 
-impl ImapBackend for Fake {
-    fn authenticate(&self, login: &str, password: &str) -> Option<String> {
-        (login == USER && password == PASSWORD).then(|| USER.to_string())
-    }
+fn authenticate(login: &str, password: &str) -> Option<String> {
+    (login == USER && password == PASSWORD).then(|| USER.to_string())
+}
 
+impl ImapBackend for Fake {
     fn mailboxes(&self, user: &str) -> Result<Arc<UserMailboxes>, MailboxError> {
         self.store.user(user)
     }
@@ -150,6 +150,9 @@ async fn drive(session: &mut ImapSession) -> Seen {
                 session.commit_done(durable.await.map_err(|e| e.to_string()))
             }
             ImapEvent::Append(ticket) => session.append_done(ticket.await),
+            ImapEvent::Authenticate { login, password } => {
+                session.auth_done(authenticate(&login, &password))
+            }
             ImapEvent::Flush => {}
             ImapEvent::NeedInput => break "NeedInput",
             ImapEvent::StartTls => break "StartTls",

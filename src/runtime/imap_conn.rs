@@ -1,0 +1,195 @@
+//! Drives one IMAP connection: moves bytes between the transport and the
+//! sans-IO `ImapSession`, upgrades to TLS on STARTTLS (or starts in TLS on
+//! an implicit-TLS listener, RFC 8314), awaits mailbox changes before the
+//! session may report them done, and wakes an IDLE session when its
+//! mailbox changes (RFC 2177).
+//!
+//! This module must never decide anything about IMAP itself and never
+//! let a tagged OK out before the change it reports is durable.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::imap_backend::ImapStores;
+use super::session_io::{flush, shutdown_signal, tls_handshake, Outgoing};
+use super::tls::TlsStream;
+use super::transport::{MaybeTls, Transport, READ_CHUNK};
+use crate::imap::{ImapConfig, ImapEvent, ImapSession};
+
+/// Writes to an IMAP client: a large FETCH to a slow client must finish,
+/// a dead one must not hold the session forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Create the IMAP login series at zero, so `rate()` sees the first ones.
+pub fn register_metrics() {
+    for result in ["ok", "failed"] {
+        metrics::counter!("tern_imap_logins_total", "result" => result).increment(0);
+    }
+    metrics::counter!("tern_imap_bytes_sent_total").increment(0);
+}
+
+/// What every IMAP connection on one core shares.
+pub struct ImapContext {
+    pub config: Arc<ImapConfig>,
+    pub stores: Rc<ImapStores>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Outgoing for ImapSession {
+    fn output(&self) -> &[u8] {
+        ImapSession::output(self)
+    }
+
+    fn consume_output(&mut self, n: usize) {
+        ImapSession::consume_output(self, n)
+    }
+}
+
+/// What ended a wait for the client.
+enum Woken {
+    Read(std::io::Result<usize>, Vec<u8>),
+    TimedOut,
+    Changed,
+    Shutdown,
+}
+
+/// Serve one IMAP connection to its end. `implicit_tls`: handshake first.
+pub async fn serve<T: Transport>(
+    transport: T,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    ctx: Rc<ImapContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut stream: MaybeTls<T, TlsStream<T>> = MaybeTls::Plain(transport);
+    if implicit_tls {
+        let Some(config) = ctx.tls.clone() else {
+            return;
+        };
+        if !tls_handshake(&mut stream, config, peer, "IMAP").await {
+            return;
+        }
+    }
+    let backend: Rc<dyn crate::imap::ImapBackend> = ctx.stores.clone();
+    let mut session = ImapSession::new(ctx.config.clone(), backend, implicit_tls);
+    let mut in_buf = Vec::with_capacity(READ_CHUNK);
+    let mut out_buf = Vec::with_capacity(4096);
+    loop {
+        let mut changes = match session.poll() {
+            ImapEvent::NeedInput => None,
+            ImapEvent::Idle(changes) => Some(changes),
+            ImapEvent::Commit(durable) => {
+                if flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                let result = durable.await.map_err(|e| e.to_string());
+                session.commit_done(result);
+                continue;
+            }
+            ImapEvent::Append(ticket) => {
+                if flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                let result = ticket.await;
+                session.append_done(result);
+                continue;
+            }
+            ImapEvent::StartTls => {
+                if flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                let Some(config) = ctx.tls.clone() else {
+                    break;
+                };
+                if !tls_handshake(&mut stream, config, peer, "IMAP").await {
+                    break;
+                }
+                session.tls_started();
+                continue;
+            }
+            ImapEvent::Authenticate { login, password } => {
+                let user = ctx.stores.users.verify_off_loop(login, password).await;
+                session.auth_done(user);
+                continue;
+            }
+            ImapEvent::Flush => {
+                if flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                continue;
+            }
+            ImapEvent::Close => {
+                let _ = flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT).await;
+                break;
+            }
+        };
+        if flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT)
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if *shutdown.borrow_and_update() && session.shutting_down() {
+            continue;
+        }
+        let read = stream.read(std::mem::take(&mut in_buf));
+        let timed_read = tokio::time::timeout(session.read_timeout(), read);
+        let woken = tokio::select! {
+            r = timed_read => match r {
+                Ok((result, buf)) => Woken::Read(result, buf),
+                Err(_) => Woken::TimedOut,
+            },
+            _ = changed(&mut changes) => Woken::Changed,
+            _ = shutdown_signal(&mut shutdown) => Woken::Shutdown,
+        };
+        match woken {
+            Woken::Read(Ok(0), _) => break,
+            Woken::Read(Ok(n), buf) => {
+                session.receive(buf.get(..n).unwrap_or_default());
+                in_buf = buf;
+            }
+            Woken::Read(Err(e), _) => {
+                debug!(%peer, error = %e, "read failed");
+                break;
+            }
+            Woken::TimedOut => {
+                in_buf = Vec::with_capacity(READ_CHUNK);
+                session.timed_out();
+            }
+            Woken::Changed => {
+                in_buf = Vec::with_capacity(READ_CHUNK);
+                session.mailbox_changed();
+            }
+            Woken::Shutdown => in_buf = Vec::with_capacity(READ_CHUNK),
+        }
+    }
+}
+
+/// Resolves when the IDLE session's mailbox changes; never without one.
+async fn changed(changes: &mut Option<watch::Receiver<u64>>) {
+    match changes {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}

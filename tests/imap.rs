@@ -1,0 +1,272 @@
+//! IMAP end to end over TCP: SMTP in for a local user, then IMAP out:
+//! login, SELECT, FETCH (headers, body sections, \Seen as a side effect),
+//! STORE, COPY/MOVE with UIDPLUS, EXPUNGE, APPEND, two sessions on one
+//! mailbox seeing each other's flag changes and expunges, IDLE woken by a
+//! new delivery, and UIDs, UIDVALIDITY and flags the same after a restart.
+//!
+//! Everything stays on 127.0.0.1; every read has a timeout.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use common::sink::wait_for;
+use common::{data_frame, test_config, RawClient};
+use tern::config::Config;
+use tern::runtime::{self, ServerHandle};
+use tern::spool::RecipientState;
+
+const PASSWORD: &str = "correct horse";
+
+fn config(dir: &Path) -> Config {
+    let mut c = test_config(dir);
+    c.relay.hold = false;
+    c.relay.local_domains = vec!["local.test".into()];
+    c.pop3.listen = vec![];
+    c.imap.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let mut users = tern::users::Users::new();
+    users
+        .add(
+            "alice",
+            PASSWORD.as_bytes(),
+            &["alice@local.test".to_string()],
+        )
+        .unwrap();
+    users.save(&c.users.file).unwrap();
+    c
+}
+
+fn send(server: &ServerHandle, subject: &str) {
+    let (mut c, _) = RawClient::connect(server.smtp_addrs[0]).unwrap();
+    c.cmd("EHLO client.test").unwrap();
+    assert_eq!(c.cmd("MAIL FROM:<bob@example.org>").unwrap().code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@local.test>").unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    let body =
+        format!("Subject: {subject}\r\nFrom: Bob <bob@example.org>\r\n\r\nbody of {subject}\r\n");
+    c.send(&data_frame(body.as_bytes())).unwrap();
+    assert_eq!(c.read_reply().unwrap().code, 250);
+    c.cmd("QUIT").unwrap();
+}
+
+fn wait_filed(server: &ServerHandle, count: usize) {
+    let filed = || {
+        server
+            .spool
+            .queued()
+            .iter()
+            .filter(|m| m.states == [RecipientState::InMailbox])
+            .count()
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || filed() >= count),
+        "{} of {count} messages filed",
+        filed()
+    );
+}
+
+struct Imap {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    tag: u32,
+}
+
+impl Imap {
+    fn connect(addr: SocketAddr) -> Imap {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut imap = Imap {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            tag: 0,
+        };
+        let greeting = imap.line();
+        assert!(greeting.starts_with("* OK"), "{greeting}");
+        imap
+    }
+
+    /// One response line; a literal `{n}` at its end is read and appended.
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        while let Some(n) = literal_len(&line) {
+            let mut data = vec![0u8; n];
+            self.reader.read_exact(&mut data).unwrap();
+            line.push_str(&String::from_utf8_lossy(&data));
+            let mut rest = String::new();
+            self.reader.read_line(&mut rest).unwrap();
+            line.push_str(&rest);
+        }
+        line
+    }
+
+    fn send(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Runs a command; returns the untagged lines and the tagged status line.
+    fn cmd(&mut self, command: &str) -> (Vec<String>, String) {
+        self.tag += 1;
+        let tag = format!("a{}", self.tag);
+        self.send(&format!("{tag} {command}\r\n"));
+        self.until_tagged(&tag)
+    }
+
+    fn until_tagged(&mut self, tag: &str) -> (Vec<String>, String) {
+        let mut untagged = Vec::new();
+        loop {
+            let line = self.line();
+            if line.starts_with(&format!("{tag} ")) {
+                return (untagged, line);
+            }
+            untagged.push(line);
+        }
+    }
+
+    fn ok(&mut self, command: &str) -> Vec<String> {
+        let (untagged, status) = self.cmd(command);
+        assert!(status.contains(" OK"), "{command}: {status} {untagged:?}");
+        untagged
+    }
+
+    fn login(addr: SocketAddr) -> Imap {
+        let mut imap = Imap::connect(addr);
+        imap.ok(&format!("LOGIN alice@local.test \"{PASSWORD}\""));
+        imap
+    }
+}
+
+fn literal_len(line: &str) -> Option<usize> {
+    let body = line.trim_end_matches("\r\n");
+    let open = body.rfind('{')?;
+    body.strip_suffix('}')?[open + 1..]
+        .trim_end_matches('+')
+        .parse()
+        .ok()
+}
+
+#[test]
+fn mailbox_over_imap_with_two_sessions_idle_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let server = runtime::start(&config).unwrap();
+    let addr = server.imap_addrs[0];
+    send(&server, "first");
+    send(&server, "second");
+    wait_filed(&server, 2);
+
+    let mut a = Imap::login(addr);
+    let selected = a.ok("SELECT INBOX");
+    assert!(
+        selected.iter().any(|l| l.starts_with("* 2 EXISTS")),
+        "{selected:?}"
+    );
+    let uidvalidity = selected
+        .iter()
+        .find_map(|l| l.split("[UIDVALIDITY ").nth(1))
+        .and_then(|rest| rest.split(']').next())
+        .unwrap()
+        .to_string();
+    let fetched = a.ok("FETCH 1 (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)] ENVELOPE)");
+    let text = fetched.join("");
+    assert!(text.contains("Subject: first"), "{text}");
+    assert!(!text.contains("\\Seen"), "{text}");
+    let body = a.ok("FETCH 1 BODY[TEXT]").join("");
+    assert!(
+        body.contains("body of first") && body.contains("\\Seen"),
+        "{body}"
+    );
+
+    // A second session sees the first one's flag change and expunge.
+    let mut b = Imap::login(addr);
+    b.ok("SELECT INBOX");
+    a.ok("STORE 2 +FLAGS (\\Flagged)");
+    let noop = b.ok("NOOP").join("");
+    assert!(
+        noop.contains("FLAGS (") && noop.contains("\\Flagged"),
+        "{noop}"
+    );
+    let copied = a.ok("COPY 1 Trash");
+    let _ = copied;
+    a.ok("STORE 1 +FLAGS.SILENT (\\Deleted)");
+    a.ok("EXPUNGE");
+    let noop = b.ok("NOOP").join("");
+    assert!(noop.contains("* 1 EXPUNGE"), "{noop}");
+
+    // IDLE wakes on a new delivery.
+    b.tag += 1;
+    let tag = format!("a{}", b.tag);
+    b.send(&format!("{tag} IDLE\r\n"));
+    assert!(b.line().starts_with("+ "));
+    send(&server, "third");
+    let mut woke = String::new();
+    for _ in 0..5 {
+        woke = b.line();
+        if woke.contains("EXISTS") {
+            break;
+        }
+    }
+    assert!(woke.contains("* 2 EXISTS"), "{woke}");
+    b.send("DONE\r\n");
+    let (_, status) = b.until_tagged(&tag);
+    assert!(status.contains(" OK"), "{status}");
+
+    // APPEND to Drafts.
+    let message = "Subject: draft\r\n\r\nwork in progress\r\n";
+    a.tag += 1;
+    let tag = format!("a{}", a.tag);
+    a.send(&format!(
+        "{tag} APPEND Drafts (\\Draft) {{{}}}\r\n",
+        message.len()
+    ));
+    assert!(a.line().starts_with("+ "));
+    a.send(&format!("{message}\r\n"));
+    let (_, status) = a.until_tagged(&tag);
+    assert!(status.contains("OK [APPENDUID "), "{status}");
+    a.ok("LOGOUT");
+    b.ok("LOGOUT");
+    server.shutdown();
+
+    // After a restart: same UIDVALIDITY, flags kept, the draft present.
+    let server = runtime::start(&config).unwrap();
+    let mut c = Imap::login(server.imap_addrs[0]);
+    let selected = c.ok("SELECT INBOX");
+    assert!(
+        selected
+            .iter()
+            .any(|l| l.contains(&format!("[UIDVALIDITY {uidvalidity}]"))),
+        "{selected:?}"
+    );
+    let flags = c.ok("FETCH 1:* (UID FLAGS)").join("");
+    assert!(flags.contains("\\Flagged"), "{flags}");
+    let status = c.ok("STATUS Drafts (MESSAGES)").join("");
+    assert!(status.contains("MESSAGES 1"), "{status}");
+    let trash = c.ok("STATUS Trash (MESSAGES)").join("");
+    assert!(trash.contains("MESSAGES 1"), "{trash}");
+    c.ok("LOGOUT");
+    server.shutdown();
+}
+
+#[test]
+fn bad_commands_and_wrong_passwords_get_clear_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = runtime::start(&config(dir.path())).unwrap();
+    let mut imap = Imap::connect(server.imap_addrs[0]);
+    let (_, status) = imap.cmd("LOGIN alice wrong");
+    assert!(status.contains(" NO"), "{status}");
+    let (_, status) = imap.cmd("FROBNICATE");
+    assert!(status.contains(" BAD"), "{status}");
+    let (_, status) = imap.cmd("APPEND INBOX {4294967296}");
+    assert!(
+        status.contains(" NO") || status.contains(" BAD"),
+        "{status}"
+    );
+    imap.ok(&format!("LOGIN alice \"{PASSWORD}\""));
+    imap.ok("LOGOUT");
+    server.shutdown();
+}
