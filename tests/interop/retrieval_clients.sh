@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Interop with real POP3 clients: mail for a local user is sent with
-# Python's smtplib, then read with Python's poplib (USER/PASS in clear,
-# STLS, implicit TLS), curl (pop3://, STLS, pop3s://) and fetchmail (STLS,
-# certificate checked against a test CA made here), against the release
-# binary. Installs curl, fetchmail, openssl and iproute2 (Debian) when
+# Interop with real POP3 and IMAP clients: mail for a local user is sent
+# with Python's smtplib, then read with Python's poplib (USER/PASS in
+# clear, STLS, implicit TLS), curl (pop3://, STLS, pop3s://, imap://,
+# imaps://), fetchmail (POP3 with STLS, certificate checked against a test
+# CA made here) and Python's imaplib (LOGIN, STARTTLS, IMAP over TLS,
+# SELECT/FETCH/STORE/SEARCH/COPY/EXPUNGE, APPEND, and IDLE seeing a new
+# delivery), against the release binary. Installs curl, fetchmail, openssl and iproute2 (Debian) when
 # missing. Must never use anything but 127.0.0.1, ports it checked are
 # free, and a temp dir it removes.
 set -euo pipefail
@@ -31,8 +33,8 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SMTP=$(free_port); POP3=$(free_port); POP3S=$(free_port)
-for port in "$SMTP" "$POP3" "$POP3S"; do
+SMTP=$(free_port); POP3=$(free_port); POP3S=$(free_port); IMAP=$(free_port); IMAPS=$(free_port)
+for port in "$SMTP" "$POP3" "$POP3S" "$IMAP" "$IMAPS"; do
   if ss -ltnH "sport = :$port" | grep -q .; then
     echo "interop: port $port is taken; refusing to start" >&2
     exit 2
@@ -64,7 +66,8 @@ file = "$WORK/users.toml"
 listen = ["127.0.0.1:$POP3"]
 tls_listen = ["127.0.0.1:$POP3S"]
 [imap]
-listen = []
+listen = ["127.0.0.1:$IMAP"]
+tls_listen = ["127.0.0.1:$IMAPS"]
 [tls]
 cert = "$WORK/cert.pem"
 key = "$WORK/key.pem"
@@ -155,4 +158,80 @@ chmod 600 "$WORK/fetchmailrc"
 timeout 60 fetchmail -f "$WORK/fetchmailrc" --nodetach --idfile "$WORK/fetchids" >"$WORK/fetchmail.log" 2>&1 \
   || { cat "$WORK/fetchmail.log"; exit 1; }
 [ "$(grep -c '^Subject: interop' "$WORK/fetched.mbox")" -eq 2 ] || { cat "$WORK/fetchmail.log"; exit 1; }
-echo "interop: POP3 clients ok"
+echo "-- python imaplib (LOGIN, STARTTLS, IMAP over TLS, IDLE)"
+timeout 120 python3 - "$SMTP" "$IMAP" "$IMAPS" "$WORK/ca.pem" "$PASSWORD" <<'PY'
+import imaplib, smtplib, ssl, sys
+smtp, imap, imaps, ca, password = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+context = ssl.create_default_context(cafile=ca)
+
+def send(subject):
+    with smtplib.SMTP("127.0.0.1", smtp, timeout=30) as s:
+        s.sendmail("carol@example.org", ["alice@local.test"],
+                   f"Subject: {subject}\r\nFrom: Carol <carol@example.org>\r\n\r\nimap body {subject}\r\n")
+
+plain = imaplib.IMAP4("127.0.0.1", imap, timeout=30)
+plain.login("alice@local.test", password)
+typ, data = plain.select("INBOX")
+assert typ == "OK", (typ, data)
+count = int(data[0])
+assert count == 2, data
+typ, data = plain.search(None, "ALL")
+assert typ == "OK" and len(data[0].split()) == count, data
+typ, data = plain.fetch("1", "(FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODYSTRUCTURE ENVELOPE)")
+assert typ == "OK" and b"Subject: interop" in data[0][1], data
+typ, data = plain.store("1", "+FLAGS", "(\\Flagged)")
+assert typ == "OK" and b"\\Flagged" in data[0], data
+typ, data = plain.search(None, "FLAGGED")
+assert data[0] == b"1", data
+typ, data = plain.search(None, "BODY", "body")
+assert typ == "OK" and data[0], data
+typ, data = plain.copy("1", "Trash")
+assert typ == "OK", data
+typ, data = plain.append("Drafts", "(\\Draft)", None, b"Subject: draft\r\n\r\nunfinished\r\n")
+assert typ == "OK" and b"APPENDUID" in data[0], data
+typ, data = plain.list()
+names = b" ".join(data)
+assert b"\\Sent" in names and b"Drafts" in names, data
+typ, data = plain.status("Trash", "(MESSAGES)")
+assert b"MESSAGES 1" in data[0], data
+plain.logout()
+
+starttls = imaplib.IMAP4("127.0.0.1", imap, timeout=30)
+starttls.starttls(ssl_context=context)
+starttls.login("alice@local.test", password)
+assert starttls.select("INBOX")[0] == "OK"
+starttls.logout()
+
+# IDLE over implicit TLS sees a new delivery (RFC 2177).
+idle = imaplib.IMAP4_SSL("127.0.0.1", imaps, ssl_context=context, timeout=30)
+idle.login("alice@local.test", password)
+idle.select("INBOX")
+tag = idle._new_tag()
+idle.send(tag + b" IDLE\r\n")
+assert idle.readline().startswith(b"+"), "no IDLE continuation"
+send("while idling")
+line = b""
+for _ in range(10):
+    line = idle.readline()
+    if b"EXISTS" in line:
+        break
+assert line.startswith(b"* 3 EXISTS"), line
+idle.send(b"DONE\r\n")
+while True:
+    line = idle.readline()
+    if line.startswith(tag):
+        assert b" OK" in line, line
+        break
+typ, data = idle.fetch("3", "(BODY[TEXT])")
+assert b"imap body while idling" in data[0][1], data
+idle.logout()
+print("imaplib: LOGIN, STARTTLS, TLS, FETCH/STORE/SEARCH/COPY/APPEND/LIST/STATUS and IDLE ok")
+PY
+
+echo "-- curl (imap://, imaps://)"
+timeout 60 curl -sS --user "alice@local.test:$PASSWORD" "imap://127.0.0.1:$IMAP/INBOX;UID=1" -o "$WORK/curl-imap.eml"
+grep -q "Subject: interop" "$WORK/curl-imap.eml" || { cat "$WORK/curl-imap.eml"; exit 1; }
+timeout 60 curl -sS --cacert "$WORK/ca.pem" --user "alice@local.test:$PASSWORD" \
+  "imaps://localhost:$IMAPS/" > "$WORK/curl-imap.list"
+grep -q "INBOX" "$WORK/curl-imap.list" || { cat "$WORK/curl-imap.list"; exit 1; }
+echo "interop: POP3 and IMAP clients ok"
