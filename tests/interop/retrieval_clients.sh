@@ -5,7 +5,8 @@
 # imaps://), fetchmail (POP3 with STLS, certificate checked against a test
 # CA made here) and Python's imaplib (LOGIN, STARTTLS, IMAP over TLS,
 # SELECT/FETCH/STORE/SEARCH/COPY/EXPUNGE, APPEND, and IDLE seeing a new
-# delivery), against the release binary. Installs curl, fetchmail, openssl and iproute2 (Debian) when
+# delivery) and mbsync (two-way sync with a local Maildir over IMAPS),
+# against the release binary. Installs curl, fetchmail, openssl and iproute2 (Debian) when
 # missing. Must never use anything but 127.0.0.1, ports it checked are
 # free, and a temp dir it removes.
 set -euo pipefail
@@ -15,6 +16,7 @@ REPO=$(pwd)
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
+command -v mbsync >/dev/null 2>&1 || missing+=(isync)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v ss >/dev/null 2>&1 || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -234,4 +236,47 @@ grep -q "Subject: interop" "$WORK/curl-imap.eml" || { cat "$WORK/curl-imap.eml";
 timeout 60 curl -sS --cacert "$WORK/ca.pem" --user "alice@local.test:$PASSWORD" \
   "imaps://localhost:$IMAPS/" > "$WORK/curl-imap.list"
 grep -q "INBOX" "$WORK/curl-imap.list" || { cat "$WORK/curl-imap.list"; exit 1; }
+echo "-- mbsync (two-way sync with a Maildir over IMAPS)"
+mkdir -p "$WORK/maildir"
+cat > "$WORK/mbsyncrc" <<RC
+IMAPAccount tern
+Host localhost
+Port $IMAPS
+User alice@local.test
+Pass "$PASSWORD"
+SSLType IMAPS
+CertificateFile $WORK/ca.pem
+
+IMAPStore tern-remote
+Account tern
+
+MaildirStore local
+Path $WORK/maildir/
+Inbox $WORK/maildir/INBOX
+SubFolders Verbatim
+
+Channel tern
+Far :tern-remote:
+Near :local:
+Patterns INBOX Drafts
+Create Near
+SyncState *
+RC
+timeout 60 mbsync -c "$WORK/mbsyncrc" -a >"$WORK/mbsync1.log" 2>&1 || { cat "$WORK/mbsync1.log"; exit 1; }
+[ "$(find "$WORK/maildir/INBOX/cur" "$WORK/maildir/INBOX/new" -type f | wc -l)" -eq 3 ] \
+  || { ls -R "$WORK/maildir"; cat "$WORK/mbsync1.log"; exit 1; }
+grep -rqs "unfinished" "$WORK/maildir/Drafts" || { ls -R "$WORK/maildir"; exit 1; }
+# A message written into the local Maildir goes up to the server.
+printf 'Subject: from mbsync\r\n\r\nwritten locally\r\n' > "$WORK/maildir/Drafts/new/1.local:2,"
+timeout 60 mbsync -c "$WORK/mbsyncrc" -a >"$WORK/mbsync2.log" 2>&1 || { cat "$WORK/mbsync2.log"; exit 1; }
+timeout 30 python3 - "$IMAP" "$PASSWORD" <<'PY'
+import imaplib, sys
+imap = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]), timeout=30)
+imap.login("alice@local.test", sys.argv[2])
+typ, data = imap.select("Drafts")
+typ, data = imap.search(None, 'SUBJECT "from mbsync"')
+assert typ == "OK" and data[0], data
+imap.logout()
+print("mbsync: pulled INBOX and Drafts, pushed a local message")
+PY
 echo "interop: POP3 and IMAP clients ok"
