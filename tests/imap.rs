@@ -10,63 +10,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
-use common::sink::wait_for;
-use common::{data_frame, test_config, RawClient};
-use tern::config::Config;
+use common::{local_mail_config, send_to_alice, wait_filed, ALICE_PASSWORD};
 use tern::runtime::{self, ServerHandle};
-use tern::spool::RecipientState;
-
-const PASSWORD: &str = "correct horse";
-
-fn config(dir: &Path) -> Config {
-    let mut c = test_config(dir);
-    c.relay.hold = false;
-    c.relay.local_domains = vec!["local.test".into()];
-    c.pop3.listen = vec![];
-    c.imap.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    let mut users = tern::users::Users::new();
-    users
-        .add(
-            "alice",
-            PASSWORD.as_bytes(),
-            &["alice@local.test".to_string()],
-        )
-        .unwrap();
-    users.save(&c.users.file).unwrap();
-    c
-}
-
-fn send(server: &ServerHandle, subject: &str) {
-    let (mut c, _) = RawClient::connect(server.smtp_addrs[0]).unwrap();
-    c.cmd("EHLO client.test").unwrap();
-    assert_eq!(c.cmd("MAIL FROM:<bob@example.org>").unwrap().code, 250);
-    assert_eq!(c.cmd("RCPT TO:<alice@local.test>").unwrap().code, 250);
-    assert_eq!(c.cmd("DATA").unwrap().code, 354);
-    let body =
-        format!("Subject: {subject}\r\nFrom: Bob <bob@example.org>\r\n\r\nbody of {subject}\r\n");
-    c.send(&data_frame(body.as_bytes())).unwrap();
-    assert_eq!(c.read_reply().unwrap().code, 250);
-    c.cmd("QUIT").unwrap();
-}
-
-fn wait_filed(server: &ServerHandle, count: usize) {
-    let filed = || {
-        server
-            .spool
-            .queued()
-            .iter()
-            .filter(|m| m.states == [RecipientState::InMailbox])
-            .count()
-    };
-    assert!(
-        wait_for(Duration::from_secs(10), || filed() >= count),
-        "{} of {count} messages filed",
-        filed()
-    );
-}
 
 struct Imap {
     reader: BufReader<TcpStream>,
@@ -136,7 +83,7 @@ impl Imap {
 
     fn login(addr: SocketAddr) -> Imap {
         let mut imap = Imap::connect(addr);
-        imap.ok(&format!("LOGIN alice@local.test \"{PASSWORD}\""));
+        imap.ok(&format!("LOGIN alice@local.test \"{ALICE_PASSWORD}\""));
         imap
     }
 }
@@ -153,12 +100,12 @@ fn literal_len(line: &str) -> Option<usize> {
 #[test]
 fn mailbox_over_imap_with_two_sessions_idle_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
+    let config = local_mail_config(dir.path());
     let server = runtime::start(&config).unwrap();
     let addr = server.imap_addrs[0];
     send(&server, "first");
     send(&server, "second");
-    wait_filed(&server, 2);
+    wait_filed(&server.spool, 2);
 
     let mut a = Imap::login(addr);
     let selected = a.ok("SELECT INBOX");
@@ -255,7 +202,7 @@ fn mailbox_over_imap_with_two_sessions_idle_and_a_restart() {
 #[test]
 fn bad_commands_and_wrong_passwords_get_clear_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let server = runtime::start(&config(dir.path())).unwrap();
+    let server = runtime::start(&local_mail_config(dir.path())).unwrap();
     let mut imap = Imap::connect(server.imap_addrs[0]);
     let (_, status) = imap.cmd("LOGIN alice wrong");
     assert!(status.contains(" NO"), "{status}");
@@ -266,7 +213,15 @@ fn bad_commands_and_wrong_passwords_get_clear_answers() {
         status.contains(" NO") || status.contains(" BAD"),
         "{status}"
     );
-    imap.ok(&format!("LOGIN alice \"{PASSWORD}\""));
+    imap.ok(&format!("LOGIN alice \"{ALICE_PASSWORD}\""));
     imap.ok("LOGOUT");
     server.shutdown();
+}
+
+fn send(server: &ServerHandle, subject: &str) {
+    send_to_alice(
+        server.smtp_addrs[0],
+        format!("Subject: {subject}\r\nFrom: Bob <bob@example.org>\r\n\r\nbody of {subject}\r\n")
+            .as_bytes(),
+    );
 }

@@ -10,63 +10,11 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
 use common::sink::wait_for;
-use common::{data_frame, test_config, RawClient};
-use tern::config::Config;
+use common::{local_mail_config, send_to_alice, wait_filed, ALICE_PASSWORD};
 use tern::runtime::{self, ServerHandle};
-use tern::spool::RecipientState;
-
-const PASSWORD: &str = "correct horse";
-
-fn config(dir: &Path) -> Config {
-    let mut c = test_config(dir);
-    c.relay.hold = false;
-    c.relay.local_domains = vec!["local.test".into()];
-    c.pop3.listen = vec!["127.0.0.1:0".parse().unwrap()];
-    c.imap.listen = vec![];
-    let mut users = tern::users::Users::new();
-    users
-        .add(
-            "alice",
-            PASSWORD.as_bytes(),
-            &["alice@local.test".to_string()],
-        )
-        .unwrap();
-    users.save(&c.users.file).unwrap();
-    c
-}
-
-fn send(server: &ServerHandle, subject: &str) {
-    let (mut c, _) = RawClient::connect(server.smtp_addrs[0]).unwrap();
-    c.cmd("EHLO client.test").unwrap();
-    assert_eq!(c.cmd("MAIL FROM:<bob@example.org>").unwrap().code, 250);
-    assert_eq!(c.cmd("RCPT TO:<alice@local.test>").unwrap().code, 250);
-    assert_eq!(c.cmd("DATA").unwrap().code, 354);
-    let body = format!("Subject: {subject}\r\n\r\n.dot line\r\nbody of {subject}\r\n");
-    c.send(&data_frame(body.as_bytes())).unwrap();
-    assert_eq!(c.read_reply().unwrap().code, 250);
-    c.cmd("QUIT").unwrap();
-}
-
-/// Waits until `count` messages are filed (recipient InMailbox).
-fn wait_filed(server: &ServerHandle, count: usize) {
-    let filed = || {
-        server
-            .spool
-            .queued()
-            .iter()
-            .filter(|m| m.states == [RecipientState::InMailbox])
-            .count()
-    };
-    assert!(
-        wait_for(Duration::from_secs(10), || filed() == count),
-        "{} of {count} messages filed",
-        filed()
-    );
-}
 
 struct Pop3 {
     reader: BufReader<TcpStream>,
@@ -117,7 +65,7 @@ impl Pop3 {
     fn login(addr: SocketAddr) -> Pop3 {
         let mut pop = Pop3::connect(addr);
         assert!(pop.cmd("USER alice@local.test").starts_with("+OK"));
-        let pass = pop.cmd(&format!("PASS {PASSWORD}"));
+        let pass = pop.cmd(&format!("PASS {ALICE_PASSWORD}"));
         assert!(pass.starts_with("+OK"), "{pass}");
         pop
     }
@@ -126,12 +74,12 @@ impl Pop3 {
 #[test]
 fn mail_for_a_local_user_is_read_and_deleted_over_pop3() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
+    let config = local_mail_config(dir.path());
     let server = runtime::start(&config).unwrap();
     let pop3 = server.pop3_addrs[0];
     send(&server, "first");
     send(&server, "second");
-    wait_filed(&server, 2);
+    wait_filed(&server.spool, 2);
 
     let mut pop = Pop3::login(pop3);
     assert!(pop.cmd("STAT").starts_with("+OK 2 "));
@@ -154,7 +102,7 @@ fn mail_for_a_local_user_is_read_and_deleted_over_pop3() {
     // A second session is refused while this one holds the maildrop.
     let mut other = Pop3::connect(pop3);
     assert!(other.cmd("USER alice").starts_with("+OK"));
-    let in_use = other.cmd(&format!("PASS {PASSWORD}"));
+    let in_use = other.cmd(&format!("PASS {ALICE_PASSWORD}"));
     assert!(in_use.starts_with("-ERR [IN-USE]"), "{in_use}");
     drop(other);
 
@@ -198,13 +146,20 @@ fn mail_for_a_local_user_is_read_and_deleted_over_pop3() {
 #[test]
 fn wrong_password_and_unknown_user_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = runtime::start(&config(dir.path())).unwrap();
+    let server = runtime::start(&local_mail_config(dir.path())).unwrap();
     let mut pop = Pop3::connect(server.pop3_addrs[0]);
     assert!(pop.cmd("USER alice").starts_with("+OK"));
     assert!(pop.cmd("PASS wrong").starts_with("-ERR [AUTH]"));
     assert!(pop.cmd("USER mallory").starts_with("+OK"));
     assert!(pop
-        .cmd(&format!("PASS {PASSWORD}"))
+        .cmd(&format!("PASS {ALICE_PASSWORD}"))
         .starts_with("-ERR [AUTH]"));
     server.shutdown();
+}
+
+fn send(server: &ServerHandle, subject: &str) {
+    send_to_alice(
+        server.smtp_addrs[0],
+        format!("Subject: {subject}\r\n\r\n.dot line\r\nbody of {subject}\r\n").as_bytes(),
+    );
 }

@@ -209,7 +209,7 @@ pub(super) fn field_value(header: &[u8], name: &[u8]) -> Option<Vec<u8>> {
 
 /// The header fields of a header block, each with its continuation lines
 /// and line ends; the empty line ending the block is not a field.
-fn header_fields(header: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn header_fields(header: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = header;
     std::iter::from_fn(move || {
         if rest.is_empty() || rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
@@ -229,6 +229,41 @@ fn header_fields(header: &[u8]) -> impl Iterator<Item = &[u8]> {
         rest = tail;
         Some(field)
     })
+}
+
+/// Quoted-printable content (RFC 2045 6.7): `=XX` escapes and soft line
+/// breaks undone; a malformed escape is kept as it is (rule 6.7 (1),
+/// robustness note).
+pub(crate) fn decode_quoted_printable(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut rest = data;
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        if byte != b'=' {
+            out.push(byte);
+            continue;
+        }
+        if let Some(after) = rest
+            .strip_prefix(b"\r\n")
+            .or_else(|| rest.strip_prefix(b"\n"))
+        {
+            rest = after;
+            continue;
+        }
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match rest {
+            [high, low, after @ ..] => match (hex(*high), hex(*low)) {
+                (Some(high), Some(low)) => {
+                    // Two hex digits make at most 0xFF.
+                    out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                    rest = after;
+                }
+                _ => out.push(b'='),
+            },
+            _ => out.push(b'='),
+        }
+    }
+    out
 }
 
 /// The body parts of a multipart entity (RFC 2046 5.1.1): the bytes

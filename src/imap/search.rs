@@ -13,6 +13,7 @@
 //! is bounded by [`SEARCH_BYTES_MAX`], and nothing here may panic on any
 //! message bytes.
 
+use crate::imap::mime::{decode_quoted_printable, header_fields};
 use std::borrow::Cow;
 use std::cell::OnceCell;
 
@@ -298,29 +299,6 @@ fn header_block(message: &[u8]) -> &[u8] {
     }
 }
 
-/// The fields of a header block, each with its continuation lines.
-fn header_fields(header: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = header;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut end = 0;
-        loop {
-            end = match memchr::memchr(b'\n', rest.get(end..).unwrap_or_default()) {
-                Some(i) => end + i + 1,
-                None => rest.len(),
-            };
-            if !matches!(rest.get(end), Some(b' ' | b'\t')) {
-                break;
-            }
-        }
-        let (field, tail) = rest.split_at(end.min(rest.len()));
-        rest = tail;
-        Some(field)
-    })
-}
-
 /// A field value with line breaks removed (RFC 5322 2.2.3) and outer
 /// whitespace trimmed.
 fn unfold(value: &[u8]) -> Vec<u8> {
@@ -492,7 +470,7 @@ fn is_identity_encoding(header: &[u8]) -> bool {
 fn decode_transfer_encoding<'b>(header: &[u8], body: &'b [u8]) -> Cow<'b, [u8]> {
     match transfer_encoding(header).as_str() {
         "base64" => Cow::Owned(decode_base64_lenient(body)),
-        "quoted-printable" => Cow::Owned(decode_quoted_printable_lenient(body)),
+        "quoted-printable" => Cow::Owned(decode_quoted_printable(body)),
         _ => Cow::Borrowed(body),
     }
 }
@@ -520,37 +498,6 @@ fn decode_base64_lenient(text: &[u8]) -> Vec<u8> {
             bit_count -= 8;
             // Truncation keeps the eight bits just completed.
             out.push((bits >> bit_count) as u8);
-        }
-    }
-    out
-}
-
-/// Quoted-printable (RFC 2045 6.7): `=XX` is a byte, `=` at a line end a
-/// soft line break; a malformed `=` is kept as is (rule 6.7 (1) note).
-fn decode_quoted_printable_lenient(text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
-    let mut rest = text;
-    while let Some((&b, tail)) = rest.split_first() {
-        rest = tail;
-        if b != b'=' {
-            out.push(b);
-            continue;
-        }
-        if let Some(after) = rest
-            .strip_prefix(b"\r\n")
-            .or_else(|| rest.strip_prefix(b"\n"))
-        {
-            rest = after;
-            continue;
-        }
-        let hex = |i: usize| rest.get(i).and_then(|&d| char::from(d).to_digit(16));
-        match (hex(0), hex(1)) {
-            (Some(high), Some(low)) => {
-                // Two hex digits make at most 255.
-                out.push((high * 16 + low) as u8);
-                rest = rest.get(2..).unwrap_or_default();
-            }
-            _ => out.push(b'='),
         }
     }
     out
@@ -928,16 +875,10 @@ c2VjcmV0IGJpbmFyeQ==\r\n\
         assert_eq!(decode_base64_lenient(b"aG*Vs bG8"), b"hello");
         assert_eq!(decode_base64_lenient(b"aGVsbG8=aGVsbG8="), b"hello");
         assert_eq!(decode_base64_lenient(b""), b"");
-        assert_eq!(
-            decode_quoted_printable_lenient(b"a=3Db=\r\nc=\nd"),
-            b"a=bcd"
-        );
-        assert_eq!(decode_quoted_printable_lenient(b"caf=e9"), b"caf\xe9");
-        assert_eq!(
-            decode_quoted_printable_lenient(b"1=2 and =ZZ ="),
-            b"1=2 and =ZZ ="
-        );
-        assert_eq!(decode_quoted_printable_lenient(b"=4"), b"=4");
+        assert_eq!(decode_quoted_printable(b"a=3Db=\r\nc=\nd"), b"a=bcd");
+        assert_eq!(decode_quoted_printable(b"caf=e9"), b"caf\xe9");
+        assert_eq!(decode_quoted_printable(b"1=2 and =ZZ ="), b"1=2 and =ZZ =");
+        assert_eq!(decode_quoted_printable(b"=4"), b"=4");
     }
 
     #[test]

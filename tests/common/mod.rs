@@ -268,3 +268,54 @@ pub fn queue_list_json(config: &Path) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The password of `alice`, the user `local_mail_config` creates.
+pub const ALICE_PASSWORD: &str = "correct horse";
+
+/// `test_config` delivering mail for `local.test` to its one user,
+/// alice@local.test, with POP3 and IMAP on ephemeral ports; relay on.
+pub fn local_mail_config(dir: &Path) -> Config {
+    let mut c = test_config(dir);
+    c.relay.hold = false;
+    c.relay.local_domains = vec!["local.test".into()];
+    c.pop3.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.imap.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let mut users = tern::users::Users::new();
+    users
+        .add(
+            "alice",
+            ALICE_PASSWORD.as_bytes(),
+            &["alice@local.test".to_string()],
+        )
+        .unwrap();
+    users.save(&c.users.file).unwrap();
+    c
+}
+
+/// One message from bob@example.org to alice@local.test over SMTP.
+pub fn send_to_alice(smtp: SocketAddr, message: &[u8]) {
+    let (mut c, _) = RawClient::connect(smtp).unwrap();
+    c.cmd("EHLO client.test").unwrap();
+    assert_eq!(c.cmd("MAIL FROM:<bob@example.org>").unwrap().code, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@local.test>").unwrap().code, 250);
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    c.send(&data_frame(message)).unwrap();
+    assert_eq!(c.read_reply().unwrap().code, 250);
+    c.cmd("QUIT").unwrap();
+}
+
+/// Waits (10 s at most) until `count` messages sit in mailboxes.
+pub fn wait_filed(spool: &tern::spool::Spool, count: usize) {
+    let filed = || {
+        spool
+            .queued()
+            .iter()
+            .filter(|m| m.states == [tern::spool::RecipientState::InMailbox])
+            .count()
+    };
+    assert!(
+        sink::wait_for(Duration::from_secs(10), || filed() >= count),
+        "{} of {count} messages filed",
+        filed()
+    );
+}

@@ -6,6 +6,7 @@
 //! never guesses at an encoding it does not know (the caller answers
 //! `[UNKNOWN-CTE]`), and never panics on any input.
 
+use crate::imap::mime::decode_quoted_printable;
 use std::borrow::Cow;
 
 use crate::imap::command::{Section, SectionText};
@@ -61,41 +62,6 @@ fn decode_base64(data: &[u8]) -> Result<Vec<u8>, BinaryError> {
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
     base64::decode(&packed).ok_or(BinaryError::UnknownCte)
-}
-
-/// Quoted-printable content (RFC 2045 6.7): `=XX` escapes and soft line
-/// breaks undone; a malformed escape is kept as it is (rule 6.7 (1),
-/// robustness note).
-fn decode_quoted_printable(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len());
-    let mut rest = data;
-    while let Some((&byte, tail)) = rest.split_first() {
-        rest = tail;
-        if byte != b'=' {
-            out.push(byte);
-            continue;
-        }
-        if let Some(after) = rest
-            .strip_prefix(b"\r\n")
-            .or_else(|| rest.strip_prefix(b"\n"))
-        {
-            rest = after;
-            continue;
-        }
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match rest {
-            [high, low, after @ ..] => match (hex(*high), hex(*low)) {
-                (Some(high), Some(low)) => {
-                    // Two hex digits make at most 0xFF.
-                    out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
-                    rest = after;
-                }
-                _ => out.push(b'='),
-            },
-            _ => out.push(b'='),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
