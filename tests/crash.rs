@@ -24,8 +24,10 @@ fn write_config(dir: &Path, io: &str) -> std::path::PathBuf {
         "[server]\nworkers = 2\nio = \"{io}\"\nhostname = \"crash.test\"\n\
          [smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\nmax_message_size = \"64KiB\"\nmax_recipients = 100\n\
          [spool]\ndir = \"{}\"\nsegment_size = \"512KiB\"\n\
-         [relay]\nhold = true\n[metrics]\nlisten = \"\"\n[log]\nlevel = \"info\"\n",
-        dir.join("spool").display()
+         [relay]\nhold = true\n[pop3]\nlisten = []\n[imap]\nlisten = []\n\
+         [users]\nfile = \"{}\"\n[metrics]\nlisten = \"\"\n[log]\nlevel = \"info\"\n",
+        dir.join("spool").display(),
+        dir.join("users.toml").display()
     );
     std::fs::write(&path, text).unwrap();
     path

@@ -83,10 +83,12 @@ fn metrics_move_and_dashboard_names_exist() {
             "[server]\nworkers = 1\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\n\
              [spool]\ndir = \"{}\"\nsegment_size = \"32MiB\"\n\
              [relay]\nnameservers = [\"{}\"]\nremote_port = {}\nconnection_idle_timeout = \"200ms\"\n\
+             [pop3]\nlisten = []\n[imap]\nlisten = []\n[users]\nfile = \"{}\"\n\
              [metrics]\nlisten = \"{metrics_addr}\"\n",
             dir.path().join("spool").display(),
             dns.addr,
-            sink.port()
+            sink.port(),
+            dir.path().join("users.toml").display()
         ),
     )
     .unwrap();

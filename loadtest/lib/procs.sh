@@ -182,6 +182,13 @@ submission = []
 max_message_size = 10485760
 [spool]
 dir = "$dir/spool"
+[users]
+file = "$dir/users.toml"
+# No mailbox listeners: the load tests measure SMTP only.
+[pop3]
+listen = []
+[imap]
+listen = []
 [metrics]
 listen = "127.0.0.1:$mport"
 $extra

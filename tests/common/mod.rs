@@ -16,7 +16,7 @@ use std::time::Duration;
 use tern::config::{Config, IoMode};
 
 /// A small config: one SMTP listener on an ephemeral loopback port, no
-/// submission listener, no metrics endpoint, small segments, spool in `dir`,
+/// submission, POP3 or IMAP listener, no metrics endpoint, small segments, spool in `dir`,
 /// and mail held (never relayed: no DNS query may leave the machine).
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::default();
@@ -33,6 +33,8 @@ pub fn test_config(dir: &Path) -> Config {
     c.metrics.listen = None;
     c.relay.hold = true;
     c.users.file = dir.join("users.toml");
+    c.pop3.listen = vec![];
+    c.imap.listen = vec![];
     c
 }
 

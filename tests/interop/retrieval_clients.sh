@@ -10,46 +10,9 @@
 # missing. Must never use anything but 127.0.0.1, ports it checked are
 # free, and a temp dir it removes.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-REPO=$(pwd)
-
-missing=()
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-command -v fetchmail >/dev/null 2>&1 || missing+=(fetchmail)
-command -v mbsync >/dev/null 2>&1 || missing+=(isync)
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-command -v ss >/dev/null 2>&1 || missing+=(iproute2)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-[ -x target/release/tern ] || cargo build --release
-TERN="$REPO/target/release/tern"
-
-WORK=$(mktemp -d)
-TERN_PID=""
-cleanup() {
-  if [ -n "$TERN_PID" ]; then kill "$TERN_PID" 2>/dev/null || true; wait "$TERN_PID" 2>/dev/null || true; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-SMTP=$(free_port); POP3=$(free_port); POP3S=$(free_port); IMAP=$(free_port); IMAPS=$(free_port)
-for port in "$SMTP" "$POP3" "$POP3S" "$IMAP" "$IMAPS"; do
-  if ss -ltnH "sport = :$port" | grep -q .; then
-    echo "interop: port $port is taken; refusing to start" >&2
-    exit 2
-  fi
-done
-
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=tern interop CA" \
-  -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
-  -keyout "$WORK/key.pem" -out "$WORK/leaf.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$WORK/ext.cnf"
-openssl x509 -req -in "$WORK/leaf.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
-  -CAcreateserial -days 1 -extfile "$WORK/ext.cnf" -out "$WORK/cert.pem" 2>/dev/null
+source "$(dirname "$0")/lib.sh"
+interop_install curl:curl fetchmail:fetchmail mbsync:isync
+SMTP=$(interop_port); POP3=$(interop_port); POP3S=$(interop_port); IMAP=$(interop_port); IMAPS=$(interop_port)
 
 cat > "$WORK/tern.toml" <<TOML
 [server]
@@ -79,13 +42,7 @@ TOML
 PASSWORD="interop secret"
 printf '%s\n' "$PASSWORD" | "$TERN" -c "$WORK/tern.toml" user add alice@local.test --password-stdin
 
-"$TERN" -c "$WORK/tern.toml" 2>"$WORK/tern.log" &
-TERN_PID=$!
-for _ in $(seq 100); do
-  grep -qs "tern accepting" "$WORK/tern.log" && break
-  sleep 0.1
-done
-grep -q "tern accepting" "$WORK/tern.log" || { cat "$WORK/tern.log"; exit 1; }
+interop_start_tern
 
 echo "-- python smtplib in, poplib out (USER/PASS, STLS, implicit TLS)"
 timeout 120 python3 - "$SMTP" "$POP3" "$POP3S" "$WORK/ca.pem" "$PASSWORD" <<'PY'

@@ -6,43 +6,9 @@
 # Installs swaks (Debian) when missing. Must never use anything but
 # 127.0.0.1, a port it checked is free, and a temp dir it removes.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-REPO=$(pwd)
-
-# swaks for the client, openssl for the test CA, ss (iproute2) for the port check.
-missing=()
-command -v swaks >/dev/null 2>&1 || missing+=(swaks)
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-command -v ss >/dev/null 2>&1 || missing+=(iproute2)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-[ -x target/release/tern ] || cargo build --release
-TERN="$REPO/target/release/tern"
-
-WORK=$(mktemp -d)
-TERN_PID=""
-cleanup() {
-  if [ -n "$TERN_PID" ]; then kill "$TERN_PID" 2>/dev/null || true; wait "$TERN_PID" 2>/dev/null || true; fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-if ss -ltnH "sport = :$PORT" | grep -q .; then
-  echo "interop: port $PORT is taken; refusing to start" >&2
-  exit 2
-fi
-
-# Test CA and a localhost certificate signed by it.
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=tern interop CA" \
-  -keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
-  -keyout "$WORK/key.pem" -out "$WORK/leaf.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > "$WORK/ext.cnf"
-openssl x509 -req -in "$WORK/leaf.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
-  -CAcreateserial -days 1 -extfile "$WORK/ext.cnf" -out "$WORK/cert.pem" 2>/dev/null
+source "$(dirname "$0")/lib.sh"
+interop_install swaks:swaks
+PORT=$(interop_port)
 
 cat > "$WORK/tern.toml" <<TOML
 [server]
@@ -56,19 +22,19 @@ dir = "$WORK/spool"
 [relay]
 # Keep the test mail queued: nothing may be relayed off this machine.
 hold = true
+[users]
+file = "$WORK/users.toml"
+[pop3]
+listen = []
+[imap]
+listen = []
 [tls]
 cert = "$WORK/cert.pem"
 key = "$WORK/key.pem"
 [metrics]
 listen = ""
 TOML
-"$TERN" -c "$WORK/tern.toml" 2>"$WORK/tern.log" &
-TERN_PID=$!
-for _ in $(seq 100); do
-  grep -qs "tern accepting" "$WORK/tern.log" && break
-  sleep 0.1
-done
-grep -q "tern accepting" "$WORK/tern.log" || { cat "$WORK/tern.log"; exit 1; }
+interop_start_tern
 
 echo "-- python smtplib"
 timeout 60 python3 tests/interop/smtplib_client.py 127.0.0.1 "$PORT" "$WORK/ca.pem" | tee "$WORK/ids"
