@@ -1,9 +1,10 @@
+# shellcheck shell=bash
 # Shared by the interop scripts (sourced, not run): installing missing
 # tools, a temp dir and a tern process that are removed on exit, free
 # loopback ports, a test CA with a localhost certificate, and starting the
 # release binary. Must never touch anything but 127.0.0.1 and its temp dir.
 
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 REPO=$(pwd)
 
 # interop_install CMD:PACKAGE ... — apt-get install the packages whose
