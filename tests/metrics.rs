@@ -83,6 +83,7 @@ fn metrics_move_and_dashboard_names_exist() {
             "[server]\nworkers = 1\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\n\
              [spool]\ndir = \"{}\"\nsegment_size = \"32MiB\"\n\
              [relay]\nnameservers = [\"{}\"]\nremote_port = {}\nconnection_idle_timeout = \"200ms\"\n\
+             local_domains = [\"local.test\"]\n\
              [pop3]\nlisten = []\n[imap]\nlisten = []\n[users]\nfile = \"{}\"\n\
              [metrics]\nlisten = \"{metrics_addr}\"\n",
             dir.path().join("spool").display(),
@@ -92,6 +93,11 @@ fn metrics_move_and_dashboard_names_exist() {
         ),
     )
     .unwrap();
+    let mut users = tern::users::Users::new();
+    users
+        .add("alice", b"secret", &["alice@local.test".to_string()])
+        .unwrap();
+    users.save(&dir.path().join("users.toml")).unwrap();
     let (_server, smtp) = spawn_tern(&config);
 
     let before = scrape(metrics_addr);
@@ -101,6 +107,8 @@ fn metrics_move_and_dashboard_names_exist() {
     c.cmd("EHLO metrics.test").unwrap();
     c.cmd("MAIL FROM:<a@example.org>").unwrap();
     c.cmd("RCPT TO:<b@metrics.test>").unwrap();
+    // One recipient is local: the mailbox series move too.
+    c.cmd("RCPT TO:<alice@local.test>").unwrap();
     c.cmd("DATA").unwrap();
     c.send(&data_frame(b"Subject: m\r\n\r\nhi\r\n")).unwrap();
     assert_eq!(c.read_reply().unwrap().code, 250);
@@ -119,9 +127,10 @@ fn metrics_move_and_dashboard_names_exist() {
             &after,
             "tern_delivery_attempts_total{result=\"delivered\",class=\"2xx\"}"
         ),
-        1.0
+        2.0
     );
-    assert_eq!(value(&after, "tern_delivery_latency_seconds_count"), 1.0);
+    assert_eq!(value(&after, "tern_delivery_latency_seconds_count"), 2.0);
+    assert_eq!(value(&after, "tern_mailbox_deliveries_total"), 1.0);
     assert_eq!(
         value(&after, "tern_outbound_messages_per_connection_sum"),
         1.0

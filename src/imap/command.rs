@@ -122,6 +122,47 @@ pub enum CommandBody {
 impl CommandBody {
     /// The command's name as a client spells it, for metrics labels and
     /// log lines (a fixed set, so safe as a label value).
+    /// Every value `name` returns (the `command` label of
+    /// `tern_imap_commands_total`, created at zero at start-up).
+    pub const NAMES: [&'static str; 36] = [
+        "CAPABILITY",
+        "NOOP",
+        "LOGOUT",
+        "STARTTLS",
+        "LOGIN",
+        "AUTHENTICATE",
+        "ENABLE",
+        "ID",
+        "NAMESPACE",
+        "SELECT",
+        "EXAMINE",
+        "CREATE",
+        "DELETE",
+        "RENAME",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "LIST",
+        "LSUB",
+        "STATUS",
+        "APPEND",
+        "CHECK",
+        "CLOSE",
+        "UNSELECT",
+        "EXPUNGE",
+        "UID EXPUNGE",
+        "UID SEARCH",
+        "SEARCH",
+        "UID FETCH",
+        "FETCH",
+        "UID STORE",
+        "STORE",
+        "UID COPY",
+        "COPY",
+        "UID MOVE",
+        "MOVE",
+        "IDLE",
+    ];
+
     pub fn name(&self) -> &'static str {
         match self {
             CommandBody::Capability => "CAPABILITY",

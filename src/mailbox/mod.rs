@@ -43,3 +43,20 @@ pub use store::{
 
 #[cfg(test)]
 mod tests;
+
+/// Create the mailbox counters at zero, so `rate()` sees the first events
+/// (the histograms appear with their first observation).
+pub fn register_metrics() {
+    for name in [
+        "tern_mailbox_deliveries_total",
+        "tern_mailbox_releases_total",
+        "tern_mailbox_journal_syncs_total",
+        "tern_mailbox_journal_written_bytes_total",
+        "tern_mailbox_commit_errors_total",
+        "tern_mailbox_compactions_total",
+        "tern_mailbox_torn_tails_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!("tern_mailbox_users_open").increment(0.0);
+}

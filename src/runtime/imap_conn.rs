@@ -25,8 +25,11 @@ use crate::imap::{ImapConfig, ImapEvent, ImapSession};
 /// a dead one must not hold the session forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// Create the IMAP login series at zero, so `rate()` sees the first ones.
+/// Create the IMAP series at zero, so `rate()` sees the first events.
 pub fn register_metrics() {
+    for command in crate::imap::CommandBody::NAMES.iter().chain(&["bad"]) {
+        metrics::counter!("tern_imap_commands_total", "command" => *command).increment(0);
+    }
     for result in ["ok", "failed"] {
         metrics::counter!("tern_imap_logins_total", "result" => result).increment(0);
     }

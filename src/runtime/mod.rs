@@ -232,6 +232,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     smtp_conn::register_metrics(&kinds);
     pop3_conn::register_metrics();
     imap_conn::register_metrics();
+    crate::mailbox::register_metrics();
     let submission_addrs = addrs_of(&bound, ListenerKind::Submission);
     let pop3_addrs = addrs_of(&bound, ListenerKind::Pop3);
     let pop3_tls_addrs = addrs_of(&bound, ListenerKind::Pop3Tls);
