@@ -93,6 +93,13 @@ enum QueueCommand {
     List {
         #[arg(long)]
         json: bool,
+        /// Only messages with a recipient in this state.
+        #[arg(long, value_parser = tern::queue_report::STATE_NAMES)]
+        state: Option<String>,
+        /// Only messages with a recipient in this domain (".example.org":
+        /// its subdomains).
+        #[arg(long)]
+        domain: Option<String>,
     },
     /// Envelope, recipient states and the message bytes of one message.
     Show {
@@ -214,16 +221,19 @@ fn queue(path: Option<&Path>, command: QueueCommand) -> Result<()> {
         println!("{done} {count} message(s)");
         return Ok(());
     }
-    let messages = tern::spool::Spool::scan_readonly(dir)
+    let mut messages = tern::spool::Spool::scan_readonly(dir)
         .with_context(|| format!("[spool] dir = {}", dir.display()))?;
+    if let QueueCommand::List { state, domain, .. } = &command {
+        messages.retain(|m| tern::queue_report::matches(m, state.as_deref(), domain.as_deref()));
+    }
     let mut out = std::io::stdout().lock();
     match command {
-        QueueCommand::List { json: true } => {
+        QueueCommand::List { json: true, .. } => {
             let list: Vec<_> = messages.iter().map(tern::queue_report::summary).collect();
             serde_json::to_writer_pretty(&mut out, &list)?;
             writeln!(out)?;
         }
-        QueueCommand::List { json: false } => {
+        QueueCommand::List { json: false, .. } => {
             for m in &messages {
                 writeln!(out, "{}", tern::queue_report::line(m))?;
             }

@@ -58,6 +58,36 @@ fn state_parts(state: &RecipientState) -> (&'static str, Option<String>) {
     }
 }
 
+/// Every state name `queue list --state` accepts.
+pub const STATE_NAMES: [&str; 5] = ["pending", "deferred", "delivered", "bounced", "in_mailbox"];
+
+/// Whether one recipient of `m` is in `state` (when given) and in `domain`
+/// (when given; case-insensitive, a leading dot means subdomains too).
+pub fn matches(m: &MessageView, state: Option<&str>, domain: Option<&str>) -> bool {
+    let domain = domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+    m.envelope.recipients.iter().enumerate().any(|(i, r)| {
+        let in_state = state.is_none_or(|wanted| {
+            let (name, _) = m
+                .states
+                .get(i)
+                .map(state_parts)
+                .unwrap_or(("pending", None));
+            name == wanted
+        });
+        let in_domain = domain.as_deref().is_none_or(|wanted| {
+            let Some((_, rcpt_domain)) = r.address.rsplit_once('@') else {
+                return false;
+            };
+            let rcpt_domain = rcpt_domain.trim_end_matches('.').to_ascii_lowercase();
+            match wanted.strip_prefix('.') {
+                Some(parent) => rcpt_domain.ends_with(&format!(".{parent}")),
+                None => rcpt_domain == wanted,
+            }
+        });
+        in_state && in_domain
+    })
+}
+
 pub fn summary(m: &MessageView) -> MessageReport<'_> {
     let recipients = m
         .envelope

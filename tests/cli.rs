@@ -2,7 +2,11 @@
 //! key and the file, an unwritable spool stops start-up, and `queue list`
 //! works on an empty spool.
 
+mod common;
+
 use std::process::Command;
+
+use common::{data_frame, test_config, RawClient};
 
 fn tern(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tern"))
@@ -113,4 +117,52 @@ fn queue_list_on_an_empty_spool() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn queue_list_filters_by_state_and_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(dir.path());
+    let server = tern::runtime::start(&config).unwrap();
+    for rcpt in ["u@a.example", "v@sub.b.example"] {
+        let (mut c, _) = RawClient::connect(server.smtp_addrs[0]).unwrap();
+        c.cmd("EHLO cli.test").unwrap();
+        c.cmd("MAIL FROM:<s@example.org>").unwrap();
+        assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")).unwrap().code, 250);
+        c.cmd("DATA").unwrap();
+        c.send(&data_frame(b"Subject: filter\r\n\r\nx\r\n"))
+            .unwrap();
+        assert_eq!(c.read_reply().unwrap().code, 250);
+    }
+    server.shutdown();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let listed = |extra: &[&str]| -> usize {
+        let mut args = vec!["queue", "list", "--json", "-c", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = tern(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json.as_array().unwrap().len()
+    };
+    assert_eq!(listed(&[]), 2);
+    assert_eq!(listed(&["--domain", "A.example"]), 1);
+    assert_eq!(listed(&["--domain", ".b.example"]), 1);
+    assert_eq!(listed(&["--domain", "b.example"]), 0);
+    assert_eq!(listed(&["--state", "pending"]), 2);
+    assert_eq!(listed(&["--state", "deferred"]), 0);
+    let out = tern(&[
+        "queue",
+        "list",
+        "--state",
+        "lost",
+        "-c",
+        path.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pending"));
 }
