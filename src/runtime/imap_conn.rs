@@ -13,10 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::debug;
 
 use super::imap_backend::ImapStores;
-use super::session_io::{flush, shutdown_signal, tls_handshake, Outgoing};
+use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
 use crate::imap::{ImapConfig, ImapEvent, ImapSession};
@@ -53,12 +52,22 @@ impl Outgoing for ImapSession {
     }
 }
 
-/// What ended a wait for the client.
-enum Woken {
-    Read(std::io::Result<usize>, Vec<u8>),
-    TimedOut,
-    Changed,
-    Shutdown,
+impl Incoming for ImapSession {
+    fn receive(&mut self, input: &[u8]) {
+        ImapSession::receive(self, input)
+    }
+
+    fn timed_out(&mut self) {
+        ImapSession::timed_out(self)
+    }
+
+    fn read_timeout(&self) -> Duration {
+        ImapSession::read_timeout(self)
+    }
+
+    fn shutting_down(&mut self) -> bool {
+        ImapSession::shutting_down(self)
+    }
 }
 
 /// Serve one IMAP connection to its end. `implicit_tls`: handshake first.
@@ -143,44 +152,21 @@ pub async fn serve<T: Transport>(
                 break;
             }
         };
-        if flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT)
-            .await
-            .is_err()
-        {
-            break;
-        }
-        if *shutdown.borrow_and_update() && session.shutting_down() {
-            continue;
-        }
-        let read = stream.read(std::mem::take(&mut in_buf));
-        let timed_read = tokio::time::timeout(session.read_timeout(), read);
-        let woken = tokio::select! {
-            r = timed_read => match r {
-                Ok((result, buf)) => Woken::Read(result, buf),
-                Err(_) => Woken::TimedOut,
-            },
-            _ = changed(&mut changes) => Woken::Changed,
-            _ = shutdown_signal(&mut shutdown) => Woken::Shutdown,
-        };
-        match woken {
-            Woken::Read(Ok(0), _) => break,
-            Woken::Read(Ok(n), buf) => {
-                session.receive(buf.get(..n).unwrap_or_default());
-                in_buf = buf;
-            }
-            Woken::Read(Err(e), _) => {
-                debug!(%peer, error = %e, "read failed");
-                break;
-            }
-            Woken::TimedOut => {
-                in_buf = Vec::with_capacity(READ_CHUNK);
-                session.timed_out();
-            }
-            Woken::Changed => {
-                in_buf = Vec::with_capacity(READ_CHUNK);
-                session.mailbox_changed();
-            }
-            Woken::Shutdown => in_buf = Vec::with_capacity(READ_CHUNK),
+        let exchanged = exchange(
+            &mut stream,
+            &mut session,
+            &mut in_buf,
+            &mut out_buf,
+            WRITE_TIMEOUT,
+            &mut shutdown,
+            peer,
+            changed(&mut changes),
+        )
+        .await;
+        match exchanged {
+            Exchanged::Poll => {}
+            Exchanged::Woken => session.mailbox_changed(),
+            Exchanged::Closed => break,
         }
     }
 }

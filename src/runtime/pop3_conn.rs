@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::pop3_backend::Pop3Stores;
-use super::session_io::{flush, shutdown_signal, tls_handshake, Outgoing};
+use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
 use crate::mailbox::Durable;
@@ -55,6 +55,24 @@ impl Outgoing for Session {
     }
 }
 
+impl Incoming for Session {
+    fn receive(&mut self, input: &[u8]) {
+        Pop3Session::receive(self, input)
+    }
+
+    fn timed_out(&mut self) {
+        Pop3Session::timed_out(self)
+    }
+
+    fn read_timeout(&self) -> Duration {
+        Pop3Session::read_timeout(self)
+    }
+
+    fn shutting_down(&mut self) -> bool {
+        Pop3Session::shutting_down(self)
+    }
+}
+
 /// Serve one POP3 connection to its end. `implicit_tls`: handshake first.
 pub async fn serve<T: Transport>(
     transport: T,
@@ -79,38 +97,19 @@ pub async fn serve<T: Transport>(
     loop {
         match session.poll() {
             Pop3Event::NeedInput => {
-                if flush(&mut stream, &mut session, &mut out_buf, WRITE_TIMEOUT)
-                    .await
-                    .is_err()
-                {
+                let exchanged = exchange(
+                    &mut stream,
+                    &mut session,
+                    &mut in_buf,
+                    &mut out_buf,
+                    WRITE_TIMEOUT,
+                    &mut shutdown,
+                    peer,
+                    std::future::pending(),
+                )
+                .await;
+                if let Exchanged::Closed = exchanged {
                     break;
-                }
-                if *shutdown.borrow_and_update() && session.shutting_down() {
-                    continue;
-                }
-                let read = stream.read(std::mem::take(&mut in_buf));
-                let timed_read = tokio::time::timeout(session.read_timeout(), read);
-                let result = tokio::select! {
-                    r = timed_read => r,
-                    _ = shutdown_signal(&mut shutdown) => {
-                        in_buf = Vec::with_capacity(READ_CHUNK);
-                        continue;
-                    }
-                };
-                match result {
-                    Err(_) => {
-                        in_buf = Vec::with_capacity(READ_CHUNK);
-                        session.timed_out();
-                    }
-                    Ok((Ok(0), _)) => break,
-                    Ok((Ok(n), buf)) => {
-                        session.receive(buf.get(..n).unwrap_or_default());
-                        in_buf = buf;
-                    }
-                    Ok((Err(e), _)) => {
-                        debug!(%peer, error = %e, "read failed");
-                        break;
-                    }
                 }
             }
             Pop3Event::Authenticate { login, password } => {

@@ -1,6 +1,7 @@
 //! What every server-side protocol driver (SMTP, POP3, IMAP) does the
 //! same way: write a sans-IO session's pending output under a deadline,
-//! and wait for shutdown without spinning.
+//! read the client's next bytes under the session's timeout, and wait for
+//! shutdown without spinning.
 //!
 //! It must never interpret the bytes: protocol logic stays in the sessions.
 
@@ -12,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::tls::TlsStream;
-use super::transport::{MaybeTls, Transport};
+use super::transport::{MaybeTls, Transport, READ_CHUNK};
 
 /// A TLS handshake that has not finished by then is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -21,6 +22,85 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 pub trait Outgoing {
     fn output(&self) -> &[u8];
     fn consume_output(&mut self, n: usize);
+}
+
+/// A sans-IO server session's input side.
+pub trait Incoming: Outgoing {
+    fn receive(&mut self, input: &[u8]);
+    /// The read timeout expired.
+    fn timed_out(&mut self);
+    fn read_timeout(&self) -> Duration;
+    /// Shutdown was signalled: true when the session queued its goodbye
+    /// and must be polled again instead of read.
+    fn shutting_down(&mut self) -> bool;
+}
+
+/// What one `exchange` came to.
+pub enum Exchanged {
+    /// Input, a timeout or shutdown reached the session: poll it again.
+    Poll,
+    /// `wake` resolved first (nothing was read).
+    Woken,
+    /// The connection is gone (EOF, read or write failure).
+    Closed,
+}
+
+/// Flush the session's output, then read once from the client (under the
+/// session's read timeout) and hand the bytes to the session, unless
+/// shutdown or `wake` comes first.
+#[allow(clippy::too_many_arguments)]
+pub async fn exchange<T: Transport, S: Incoming>(
+    stream: &mut T,
+    session: &mut S,
+    in_buf: &mut Vec<u8>,
+    out_buf: &mut Vec<u8>,
+    write_timeout: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+    peer: SocketAddr,
+    wake: impl std::future::Future<Output = ()>,
+) -> Exchanged {
+    if flush(stream, session, out_buf, write_timeout)
+        .await
+        .is_err()
+    {
+        return Exchanged::Closed;
+    }
+    // SIGTERM: idle sessions say goodbye and close; a session in the
+    // middle of something may finish it (up to the core's deadline).
+    if *shutdown.borrow_and_update() && session.shutting_down() {
+        return Exchanged::Poll;
+    }
+    let read = stream.read(std::mem::take(in_buf));
+    let timed_read = tokio::time::timeout(session.read_timeout(), read);
+    let result = tokio::select! {
+        r = timed_read => r,
+        _ = wake => {
+            *in_buf = Vec::with_capacity(READ_CHUNK);
+            return Exchanged::Woken;
+        }
+        _ = shutdown_signal(shutdown) => {
+            *in_buf = Vec::with_capacity(READ_CHUNK);
+            return Exchanged::Poll;
+        }
+    };
+    match result {
+        Err(_) => {
+            debug!(%peer, "read timed out");
+            *in_buf = Vec::with_capacity(READ_CHUNK);
+            session.timed_out();
+            Exchanged::Poll
+        }
+        Ok((Ok(0), _)) => Exchanged::Closed,
+        Ok((Ok(n), buf)) => {
+            session.receive(buf.get(..n).unwrap_or_default());
+            *in_buf = buf;
+            Exchanged::Poll
+        }
+        Ok((Err(e), _)) => {
+            debug!(%peer, error = %e, "read failed");
+            Exchanged::Closed
+        }
+    }
 }
 
 /// Send the session's pending output. Err means the connection is gone.

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use super::imap_conn::ImapContext;
 use super::listener::ListenerKind;
 use super::pop3_conn::Pop3Context;
-use super::session_io::{flush, shutdown_signal, Outgoing};
+use super::session_io::{exchange, flush, Exchanged, Incoming, Outgoing};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
 use crate::queue::scheduler::Scheduler;
@@ -111,41 +111,19 @@ pub async fn serve<T: Transport>(
     loop {
         match session.poll() {
             SessionEvent::NeedInput => {
-                if flush(&mut stream, &mut session, &mut out_buf, write_timeout)
-                    .await
-                    .is_err()
-                {
+                let exchanged = exchange(
+                    &mut stream,
+                    &mut session,
+                    &mut in_buf,
+                    &mut out_buf,
+                    write_timeout,
+                    &mut shutdown,
+                    peer,
+                    std::future::pending(),
+                )
+                .await;
+                if let Exchanged::Closed = exchanged {
                     break;
-                }
-                // SIGTERM: idle sessions get 421 and close; a session in the
-                // middle of a message may finish it (up to the core's deadline).
-                if *shutdown.borrow_and_update() && session.shutting_down() {
-                    continue;
-                }
-                let read = stream.read(std::mem::take(&mut in_buf));
-                let timed_read = tokio::time::timeout(session.read_timeout(), read);
-                let result = tokio::select! {
-                    r = timed_read => r,
-                    _ = shutdown_signal(&mut shutdown) => {
-                        in_buf = Vec::with_capacity(READ_CHUNK);
-                        continue;
-                    }
-                };
-                match result {
-                    Err(_) => {
-                        debug!(%peer, "read timed out");
-                        session.timed_out();
-                        in_buf = Vec::with_capacity(READ_CHUNK);
-                    }
-                    Ok((Ok(0), _)) => break,
-                    Ok((Ok(n), buf)) => {
-                        session.receive(&buf[..n]);
-                        in_buf = buf;
-                    }
-                    Ok((Err(e), _)) => {
-                        debug!(%peer, error = %e, "read failed");
-                        break;
-                    }
                 }
             }
             SessionEvent::Message(mut message) => {
@@ -225,5 +203,23 @@ impl Outgoing for ServerSession {
 
     fn consume_output(&mut self, n: usize) {
         ServerSession::consume_output(self, n)
+    }
+}
+
+impl Incoming for ServerSession {
+    fn receive(&mut self, input: &[u8]) {
+        ServerSession::receive(self, input)
+    }
+
+    fn timed_out(&mut self) {
+        ServerSession::timed_out(self)
+    }
+
+    fn read_timeout(&self) -> Duration {
+        ServerSession::read_timeout(self)
+    }
+
+    fn shutting_down(&mut self) -> bool {
+        ServerSession::shutting_down(self)
     }
 }
