@@ -20,7 +20,7 @@ interop_install() {
   fi
 }
 
-interop_install openssl:openssl ss:iproute2
+interop_install python3:python3 openssl:openssl ss:iproute2
 [ -x target/release/tern ] || cargo build --release
 TERN="$REPO/target/release/tern"
 
