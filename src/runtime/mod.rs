@@ -377,6 +377,10 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         hold = config.relay.hold,
         smtp = ?handle.smtp_addrs,
         submission = ?handle.submission_addrs,
+        pop3 = ?handle.pop3_addrs,
+        pop3s = ?handle.pop3_tls_addrs,
+        imap = ?handle.imap_addrs,
+        imaps = ?handle.imap_tls_addrs,
         starttls = session_config.starttls_available,
         "tern accepting"
     );
