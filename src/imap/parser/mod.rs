@@ -18,7 +18,7 @@ mod values;
 pub(crate) use cursor::{is_astring_char, is_atom_char};
 use cursor::{Cursor, ParseError};
 
-use super::base64;
+use crate::base64;
 use super::command::Command;
 
 /// Longest command text outside literals, line endings excluded. RFC 7162
