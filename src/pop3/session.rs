@@ -19,8 +19,8 @@ use super::command::{parse_command, verb_label, Command, CommandError, COMMAND_L
 use super::response::{
     top_part, write_continuation, write_dot_stuffed, write_err, write_lines, write_ok, RespCode,
 };
-use crate::sasl::{authzid_permitted, decode_response, parse_plain, SASL_RESPONSE_MAX};
 use super::{Maildrop, MaildropError, Pop3Backend};
+use crate::sasl::{authzid_permitted, decode_response, parse_plain, SASL_RESPONSE_MAX};
 
 /// The autologout timer: at least 10 minutes of inactivity (RFC 1939 3).
 pub const AUTOLOGOUT_MIN: Duration = Duration::from_secs(10 * 60);

@@ -9,8 +9,8 @@
 use crate::imap::mime::decode_quoted_printable;
 use std::borrow::Cow;
 
-use crate::imap::command::{Section, SectionText};
 use crate::base64;
+use crate::imap::command::{Section, SectionText};
 use crate::imap::mime;
 
 /// Why a part's content cannot be given decoded.
