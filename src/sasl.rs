@@ -9,9 +9,14 @@
 
 use crate::base64;
 
-/// Longest SASL response line we read, CRLF included: PLAIN's three fields
-/// of up to 255 octets each (RFC 4616 2) with two NULs, in base64, fit.
-pub const SASL_RESPONSE_MAX: usize = 1024;
+/// Longest PLAIN message: three fields of up to 255 octets (RFC 4616 2)
+/// and the two NULs between them.
+const PLAIN_MESSAGE_MAX: usize = 3 * 255 + 2;
+/// Longest SASL response line we read, CRLF included: the longest PLAIN
+/// message in base64 (RFC 4648 4: 4 characters per 3 octets) fits. The
+/// AUTH command line itself keeps the protocol's command limit
+/// (RFC 4954 4: a client must then omit the initial response).
+pub const SASL_RESPONSE_MAX: usize = PLAIN_MESSAGE_MAX.div_ceil(3) * 4 + 2;
 
 /// The LOGIN mechanism's prompts, base64 of `Username:` and `Password:`
 /// (draft-murchison-sasl-login-00 2, what every client expects).

@@ -2440,6 +2440,26 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_plain_response_fits_and_one_more_octet_does_not() {
+        // Zeros in base64: a message of NULs, read to the end and refused
+        // as malformed (not as too long).
+        let longest = "A".repeat(SASL_RESPONSE_MAX - 2);
+        let t = run_on(
+            || submission(true),
+            format!("{HELLO}AUTH PLAIN\r\n{longest}\r\nAUTH PLAIN\r\n{longest}A\r\n").as_bytes(),
+        );
+        assert_eq!(
+            after_ehlo_block(&t),
+            [
+                "334 ",
+                "501 5.5.2 Error: malformed PLAIN message in AUTH response",
+                "334 ",
+                "500 5.5.6 Error: authentication exchange line is too long",
+            ]
+        );
+    }
+
+    #[test]
     fn wrong_passwords_get_535_and_the_third_closes_with_421() {
         let t = run_on(
             || submission(true),
