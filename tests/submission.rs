@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::sink::{Sink, SinkConfig};
 use common::{data_frame, local_mail_config, make_test_ca, read_reply_from, Reply, ALICE_PASSWORD};
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -36,6 +37,11 @@ struct Setup {
 /// alice@local.test with a password; submission with STARTTLS and over
 /// implicit TLS; 127.0.0.1 is not in mynetworks; mail is held.
 fn start() -> Setup {
+    start_with(|_| {})
+}
+
+/// `start()` with `adjust` applied to the config before the server starts.
+fn start_with(adjust: impl FnOnce(&mut Config)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (ca_pem, cert, key) = make_test_ca(dir.path());
     let ca_file = dir.path().join("ca.pem");
@@ -49,6 +55,7 @@ fn start() -> Setup {
     config.smtp.submissions = vec!["127.0.0.1:0".parse().unwrap()];
     config.tls.cert = Some(cert);
     config.tls.key = Some(key);
+    adjust(&mut config);
     let server = runtime::start(&config).expect("server starts");
     Setup {
         _dir: dir,
@@ -273,5 +280,35 @@ fn repeated_wrong_passwords_close_the_connection_and_the_server_stays_up() {
     c.cmd("EHLO client.test");
     assert_eq!(c.cmd(&format!("AUTH PLAIN {PLAIN_ALICE}")).code, 235);
     assert_eq!(c.cmd("QUIT").code, 221);
+    setup.server.shutdown();
+}
+
+#[test]
+fn relayed_submission_carries_an_esmtpsa_trace() {
+    let sink = Sink::start(SinkConfig::default());
+    let setup = start_with(|config| {
+        config.relay.hold = false;
+        config.relay.smarthost = Some(format!("[127.0.0.1]:{}", sink.addr.port()));
+    });
+    let client = lettre_client(
+        setup.server.submission_addrs[0],
+        Tls::Required(tls_parameters(&setup.ca_pem)),
+        Mechanism::Plain,
+    );
+    client
+        .send(&message("alice@local.test", "frank@far.example"))
+        .expect("submits");
+    let got = sink.wait_for_messages(1, Duration::from_secs(20));
+    assert_eq!(got[0].mail_from, "alice@local.test");
+    assert_eq!(got[0].rcpt_to, ["frank@far.example"]);
+    // RFC 3848: submitted under TLS by an authenticated user.
+    let text = String::from_utf8_lossy(&got[0].data);
+    let header_end = text.find("\r\n\r\n").expect("a header");
+    let trace = text[..header_end]
+        .split("\r\nReceived:")
+        .next()
+        .expect("the first field");
+    assert!(trace.starts_with("Received: from "), "{text}");
+    assert!(trace.contains("with ESMTPSA"), "{text}");
     setup.server.shutdown();
 }
