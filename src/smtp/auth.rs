@@ -68,7 +68,6 @@ impl Exchange {
 /// Credentials a client completed; the runtime checks them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
-    pub mechanism: Mechanism,
     /// The authentication identity: a user name or one of its addresses.
     pub login: String,
     pub password: String,
@@ -131,7 +130,6 @@ fn respond_decoded(exchange: Exchange, decoded: Vec<u8>) -> Progress {
     match exchange {
         Exchange::Plain => match parse_plain(&decoded) {
             Ok(plain) => Progress::Credentials(Credentials {
-                mechanism: Mechanism::Plain,
                 login: plain.authcid,
                 password: plain.password,
                 authzid: plain.authzid,
@@ -144,7 +142,6 @@ fn respond_decoded(exchange: Exchange, decoded: Vec<u8>) -> Progress {
         },
         Exchange::LoginPassword { username } => match parse_login_field(decoded) {
             Ok(password) => Progress::Credentials(Credentials {
-                mechanism: Mechanism::Login,
                 login: username,
                 password,
                 authzid: String::new(),
@@ -186,7 +183,6 @@ mod tests {
     #[test]
     fn plain_with_and_without_initial_response() {
         let expected = Progress::Credentials(Credentials {
-            mechanism: Mechanism::Plain,
             login: "alice".into(),
             password: "secret".into(),
             authzid: String::new(),
@@ -215,7 +211,6 @@ mod tests {
         assert_eq!(
             respond(exchange, b"c2VjcmV0"),
             Progress::Credentials(Credentials {
-                mechanism: Mechanism::Login,
                 login: "alice".into(),
                 password: "secret".into(),
                 authzid: String::new(),
