@@ -75,6 +75,7 @@ fn session_config() -> Arc<SessionConfig> {
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
         relay_access: RelayAccess::new(&["127.0.0.0/8".parse().unwrap()], &[], &[]),
+        submission: None,
     })
 }
 
@@ -99,6 +100,7 @@ fn bench_session(c: &mut Criterion) {
                         }
                         SessionEvent::NeedInput | SessionEvent::Close => break,
                         SessionEvent::StartTls => unreachable!("TLS not offered"),
+                        SessionEvent::Authenticate { .. } => unreachable!("AUTH not offered"),
                     }
                 }
                 let n = s.output().len();

@@ -54,6 +54,7 @@ pub struct Config {
     pub users: UsersSection,
     pub pop3: Pop3Section,
     pub imap: ImapSection,
+    pub submission: SubmissionSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
 }
@@ -115,6 +116,20 @@ retrieval_section!(
     2143
 );
 
+/// `[submission]`: the rules of the submission listeners (`[smtp]
+/// submission` and `submissions`, RFC 6409), which offer AUTH PLAIN and
+/// LOGIN against the users file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubmissionSection {
+    /// Offer AUTH before TLS. For tests only: passwords cross the network
+    /// in clear, and the start-up log warns.
+    pub allow_plaintext_auth: bool,
+    /// Let an authenticated user give any MAIL FROM; off, it must be one
+    /// of the user's addresses (or `<>`).
+    pub any_sender: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IoMode {
@@ -146,6 +161,9 @@ pub struct SmtpSection {
     pub listen: Vec<SocketAddr>,
     /// Submission listeners with STARTTLS, port 587 in production.
     pub submission: Vec<SocketAddr>,
+    /// Submission over implicit TLS ("submissions", RFC 8314 3.3), port
+    /// 465 in production; needs [tls].
+    pub submissions: Vec<SocketAddr>,
     #[serde(with = "size_text")]
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -305,6 +323,7 @@ impl Default for SmtpSection {
         SmtpSection {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
             submission: vec![SocketAddr::from(([127, 0, 0, 1], 2587))],
+            submissions: Vec::new(),
             max_message_size: MAX_MESSAGE_SIZE_DEFAULT,
             max_recipients: 1000,
             command_timeout: COMMAND_TIMEOUT_RFC5321,
@@ -417,10 +436,13 @@ impl Config {
             key,
             message,
         };
-        if self.smtp.listen.is_empty() && self.smtp.submission.is_empty() {
+        if self.smtp.listen.is_empty()
+            && self.smtp.submission.is_empty()
+            && self.smtp.submissions.is_empty()
+        {
             return Err(invalid(
                 "[smtp] listen",
-                "no SMTP listener: set [smtp] listen or [smtp] submission".into(),
+                "no SMTP listener: set [smtp] listen, submission or submissions".into(),
             ));
         }
         if self.smtp.max_recipients < RCPT_MIN_RFC5321 {
@@ -513,6 +535,7 @@ impl Config {
         }
         self.validate_delivery(source)?;
         for (key, tls_listen) in [
+            ("[smtp] submissions", &self.smtp.submissions),
             ("[pop3] tls_listen", &self.pop3.tls_listen),
             ("[imap] tls_listen", &self.imap.tls_listen),
         ] {
@@ -959,6 +982,32 @@ mod tests {
         assert!(e.contains("[pop3] tls_listen"), "{e}");
         let e = parse("[users]\nfile = \"\"\n").unwrap_err().to_string();
         assert!(e.contains("[users] file"), "{e}");
+    }
+
+    #[test]
+    fn submission_keys() {
+        let c = Config::default();
+        assert!(c.smtp.submissions.is_empty());
+        assert!(!c.submission.allow_plaintext_auth && !c.submission.any_sender);
+        let e = parse("[smtp]\nsubmissions = [\"127.0.0.1:465\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[smtp] submissions") && e.contains("[tls]"),
+            "{e}"
+        );
+        let c = parse(
+            "[smtp]\nlisten = []\nsubmission = []\nsubmissions = [\"127.0.0.1:465\"]\n\
+             [tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             [submission]\nallow_plaintext_auth = true\nany_sender = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.smtp.submissions[0].port(), 465);
+        assert!(c.submission.allow_plaintext_auth && c.submission.any_sender);
+        let e = parse("[submission]\nplaintext = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("plaintext"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! so that the binary, the integration tests, the benches and the fuzz
 //! targets all drive the same code.
 
+pub mod base64;
 pub mod config;
 pub mod envelope;
 pub mod imap;
@@ -12,6 +13,7 @@ pub mod queue;
 pub mod queue_report;
 pub mod relay;
 pub mod runtime;
+pub mod sasl;
 pub mod smtp;
 pub mod spool;
 pub mod users;

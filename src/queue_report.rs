@@ -32,6 +32,8 @@ pub struct MessageReport<'a> {
     pub client_ip: String,
     pub helo: &'a str,
     pub tls: bool,
+    /// The user who submitted it with SMTP AUTH; null otherwise.
+    pub auth: Option<&'a str>,
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -117,6 +119,7 @@ pub fn summary(m: &MessageView) -> MessageReport<'_> {
         client_ip: m.envelope.client.ip.to_string(),
         helo: &m.envelope.client.helo,
         tls: m.envelope.client.tls,
+        auth: m.envelope.client.auth.as_deref(),
     }
 }
 
@@ -156,8 +159,12 @@ pub fn details(m: &MessageView) -> String {
     let _ = writeln!(out, "sender: {}", sender_text(&e.sender));
     let _ = writeln!(
         out,
-        "client: {} helo={} esmtp={} tls={}",
-        e.client.ip, e.client.helo, e.client.esmtp, e.client.tls
+        "client: {} helo={} esmtp={} tls={} auth={}",
+        e.client.ip,
+        e.client.helo,
+        e.client.esmtp,
+        e.client.tls,
+        e.client.auth.as_deref().unwrap_or("-")
     );
     let _ = writeln!(out, "body: {:?} smtputf8: {}", e.body, e.smtputf8);
     if let Some(ret) = e.ret {

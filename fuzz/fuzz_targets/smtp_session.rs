@@ -1,7 +1,10 @@
 //! Fuzz target: arbitrary bytes into the SMTP server session, split at a
-//! fuzzer-chosen point, with every event answered as a runtime would.
-//! Must never panic, never grow output without bound, and never emit a
-//! message whose bytes contain a bare CR or LF.
+//! fuzzer-chosen point, with every event answered as a runtime would, on a
+//! relay or a submission listener (AUTH in clear allowed, so the SASL
+//! states are reachable without a handshake). Must never panic, never grow
+//! output without bound, never emit a message whose bytes contain a bare
+//! CR or LF, and never accept mail for a foreign domain from a client that
+//! did not authenticate (no open relay).
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -9,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tern::smtp::{RelayAccess, ServerSession, SessionConfig, SessionEvent};
+use tern::smtp::{
+    AuthenticatedUser, RelayAccess, ServerSession, SessionConfig, SessionEvent, SubmissionPolicy,
+};
 
 fn canonical(data: &[u8]) -> bool {
     let mut prev = 0u8;
@@ -28,7 +33,16 @@ fn canonical(data: &[u8]) -> bool {
     true
 }
 
+/// The one user the fuzzed runtime knows: `alice` / `secret`.
+fn check_password(login: &str, password: &str) -> Option<AuthenticatedUser> {
+    (login == "alice" && password == "secret").then(|| AuthenticatedUser {
+        name: "alice".into(),
+        addresses: vec!["alice@example.org".into()],
+    })
+}
+
 fuzz_target!(|input: &[u8]| {
+    let submission = input.get(1).is_some_and(|&b| b & 1 == 1);
     let config = Arc::new(SessionConfig {
         hostname: "fuzz.example".into(),
         max_message_size: 64 * 1024,
@@ -37,6 +51,10 @@ fuzz_target!(|input: &[u8]| {
         command_timeout: Duration::from_secs(300),
         data_timeout: Duration::from_secs(180),
         relay_access: RelayAccess::new(&[], &["example.org".into()], &[]),
+        submission: submission.then_some(SubmissionPolicy {
+            allow_plaintext_auth: true,
+            any_sender: false,
+        }),
     });
     let split = input.first().map(|&b| b as usize).unwrap_or(0).min(input.len());
     let (first, second) = input.split_at(split);
@@ -49,10 +67,23 @@ fuzz_target!(|input: &[u8]| {
                 SessionEvent::NeedInput | SessionEvent::Close => break,
                 SessionEvent::Message(m) => {
                     assert!(canonical(&m.data), "message with bare CR/LF accepted");
+                    if m.envelope.client.auth.is_none() {
+                        for rcpt in &m.envelope.recipients {
+                            let domain = rcpt.address.rsplit_once('@').map(|(_, d)| d);
+                            assert!(
+                                domain.is_none_or(|d| d.trim_end_matches('.').eq_ignore_ascii_case("example.org")),
+                                "relayed for a stranger: {}",
+                                rcpt.address
+                            );
+                        }
+                    }
                     stored += 1;
                     session.message_stored(Ok(format!("ID{stored}")));
                 }
                 SessionEvent::StartTls => session.tls_started(),
+                SessionEvent::Authenticate { login, password } => {
+                    session.auth_done(check_password(&login, &password))
+                }
             }
         }
         let n = session.output().len();

@@ -8,7 +8,6 @@
 //! must never panic on client input and never touch sockets, clocks or the
 //! mailbox store.
 
-mod base64;
 pub mod command;
 pub mod mime;
 pub mod parser;

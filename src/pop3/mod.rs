@@ -8,7 +8,6 @@
 
 pub mod command;
 pub mod response;
-pub mod sasl;
 pub mod session;
 
 pub use command::{parse_command, Command, CommandError, COMMAND_LINE_MAX, VERB_LABELS};

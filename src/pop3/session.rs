@@ -19,8 +19,8 @@ use super::command::{parse_command, verb_label, Command, CommandError, COMMAND_L
 use super::response::{
     top_part, write_continuation, write_dot_stuffed, write_err, write_lines, write_ok, RespCode,
 };
-use super::sasl::{decode_base64, parse_plain, SASL_RESPONSE_MAX};
 use super::{Maildrop, MaildropError, Pop3Backend};
+use crate::sasl::{authzid_permitted, decode_response, parse_plain, SASL_RESPONSE_MAX};
 
 /// The autologout timer: at least 10 minutes of inactivity (RFC 1939 3).
 pub const AUTOLOGOUT_MIN: Duration = Duration::from_secs(10 * 60);
@@ -543,10 +543,7 @@ impl<C> Pop3Session<C> {
 
     /// A base64 PLAIN response (initial or continuation).
     fn plain_response(&mut self, response: &[u8]) {
-        let Some(decoded) = std::str::from_utf8(response)
-            .ok()
-            .and_then(|text| decode_base64(text).ok())
-        else {
+        let Ok(decoded) = decode_response(response) else {
             self.err(None, "invalid base64 in AUTH response");
             return;
         };
@@ -585,11 +582,9 @@ impl<C> Pop3Session<C> {
             self.login_failed("invalid user name or password");
             return;
         };
-        if let Some(authzid) = authzid.filter(|z| !z.is_empty()) {
-            if authzid != login && authzid != user {
-                self.login_failed("not authorized to act as that identity");
-                return;
-            }
+        if !authzid_permitted(authzid.as_deref().unwrap_or_default(), &login, &user) {
+            self.login_failed("not authorized to act as that identity");
+            return;
         }
         metrics::counter!("tern_pop3_logins_total", "result" => "ok").increment(1);
         match self.backend.open_maildrop(&user) {

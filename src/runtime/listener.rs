@@ -23,6 +23,8 @@ pub enum ListenerKind {
     Smtp,
     /// Submission with STARTTLS (port 587 in production).
     Submission,
+    /// Submission over implicit TLS (port 465 in production, RFC 8314 3.3).
+    SubmissionTls,
     /// POP3 with STLS (port 110 in production).
     Pop3,
     /// POP3 over implicit TLS (port 995 in production, RFC 8314).
@@ -34,10 +36,24 @@ pub enum ListenerKind {
 }
 
 impl ListenerKind {
+    /// Submission listeners offer AUTH and apply RFC 6409's rules.
+    pub fn is_submission(self) -> bool {
+        matches!(self, ListenerKind::Submission | ListenerKind::SubmissionTls)
+    }
+
+    /// TLS from the first byte (RFC 8314).
+    pub fn implicit_tls(self) -> bool {
+        matches!(
+            self,
+            ListenerKind::SubmissionTls | ListenerKind::Pop3Tls | ListenerKind::ImapTls
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             ListenerKind::Smtp => "smtp",
             ListenerKind::Submission => "submission",
+            ListenerKind::SubmissionTls => "submissions",
             ListenerKind::Pop3 => "pop3",
             ListenerKind::Pop3Tls => "pop3s",
             ListenerKind::Imap => "imap",

@@ -6,6 +6,7 @@
 //! and shuts down.
 
 pub mod admin;
+pub mod auth_throttle;
 pub mod imap_backend;
 pub mod imap_conn;
 pub mod listener;
@@ -40,11 +41,12 @@ use crate::relay::dns::{DnsConfig, MxResolver};
 use crate::relay::pool::ConnectionPool;
 use crate::relay::recipient_check::RecipientCheck;
 use crate::relay::routing::RouteTable;
-use crate::smtp::{RelayAccess, SessionConfig};
+use crate::smtp::{RelayAccess, SessionConfig, SubmissionPolicy};
 use crate::spool::SpoolWriter;
 use crate::spool::{QueueId, RecipientState, Spool, SpoolConfig, SpoolError};
 use crate::users::UsersHandle;
 use admin::{AdminCommand, AdminRequest, AdminSocket};
+use auth_throttle::AuthThrottle;
 use imap_backend::ImapStores;
 use imap_conn::ImapContext;
 use listener::{Acceptor, BoundAddress, ListenerKind};
@@ -119,6 +121,7 @@ pub enum StartError {
 pub struct ServerHandle {
     pub smtp_addrs: Vec<SocketAddr>,
     pub submission_addrs: Vec<SocketAddr>,
+    pub submission_tls_addrs: Vec<SocketAddr>,
     pub pop3_addrs: Vec<SocketAddr>,
     pub pop3_tls_addrs: Vec<SocketAddr>,
     pub imap_addrs: Vec<SocketAddr>,
@@ -156,6 +159,7 @@ struct CoreSetup {
     listeners: Vec<(ListenerKind, std::net::TcpListener)>,
     spool: Arc<Spool>,
     session_config: Arc<SessionConfig>,
+    submission_config: Arc<SessionConfig>,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: watch::Receiver<bool>,
     shutdown_timeout: Duration,
@@ -197,7 +201,22 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             &config.relay.local_domains,
             &config.relay.relay_domains,
         ),
+        submission: None,
     });
+    // The same session on submission listeners, with RFC 6409's rules.
+    let submission_config = Arc::new(SessionConfig {
+        submission: Some(SubmissionPolicy {
+            allow_plaintext_auth: config.submission.allow_plaintext_auth,
+            any_sender: config.submission.any_sender,
+        }),
+        ..SessionConfig::clone(&session_config)
+    });
+    if config.submission.allow_plaintext_auth {
+        warn!(
+            "[submission] allow_plaintext_auth = true: submission listeners accept passwords \
+             without TLS; use this for tests only"
+        );
+    }
 
     let mut bound: Vec<BoundAddress> = Vec::new();
     for (key, kind, addrs) in [
@@ -206,6 +225,11 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             "[smtp] submission",
             ListenerKind::Submission,
             &config.smtp.submission,
+        ),
+        (
+            "[smtp] submissions",
+            ListenerKind::SubmissionTls,
+            &config.smtp.submissions,
         ),
         ("[pop3] listen", ListenerKind::Pop3, &config.pop3.listen),
         (
@@ -234,6 +258,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     imap_conn::register_metrics();
     crate::mailbox::register_metrics();
     let submission_addrs = addrs_of(&bound, ListenerKind::Submission);
+    let submission_tls_addrs = addrs_of(&bound, ListenerKind::SubmissionTls);
     let pop3_addrs = addrs_of(&bound, ListenerKind::Pop3);
     let pop3_tls_addrs = addrs_of(&bound, ListenerKind::Pop3Tls);
     let imap_addrs = addrs_of(&bound, ListenerKind::Imap);
@@ -316,6 +341,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             listeners,
             spool: spool.clone(),
             session_config: session_config.clone(),
+            submission_config: submission_config.clone(),
             tls: tls.clone(),
             shutdown: shutdown_rx.clone(),
             shutdown_timeout: config.server.shutdown_timeout,
@@ -334,6 +360,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     let mut handle = ServerHandle {
         smtp_addrs,
         submission_addrs,
+        submission_tls_addrs,
         pop3_addrs,
         pop3_tls_addrs,
         imap_addrs,
@@ -377,6 +404,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         hold = config.relay.hold,
         smtp = ?handle.smtp_addrs,
         submission = ?handle.submission_addrs,
+        submissions = ?handle.submission_tls_addrs,
         pop3 = ?handle.pop3_addrs,
         pop3s = ?handle.pop3_tls_addrs,
         imap = ?handle.imap_addrs,
@@ -541,6 +569,7 @@ where
         listeners,
         spool,
         session_config,
+        submission_config,
         tls,
         mut shutdown,
         shutdown_timeout,
@@ -630,6 +659,9 @@ where
     let ctx = Rc::new(CoreContext {
         core,
         session_config,
+        submission_config,
+        users: parts.users.clone(),
+        auth_throttle: RefCell::new(AuthThrottle::default()),
         tls,
         pop3,
         imap,
@@ -793,17 +825,19 @@ async fn accept_loop<A: Acceptor + 'static>(
                 let session_shutdown = shutdown.clone();
                 tokio::task::spawn_local(async move {
                     match kind {
-                        ListenerKind::Smtp | ListenerKind::Submission => {
+                        ListenerKind::Smtp
+                        | ListenerKind::Submission
+                        | ListenerKind::SubmissionTls => {
                             smtp_conn::serve(stream, peer, kind, ctx, session_shutdown).await
                         }
                         ListenerKind::Pop3 | ListenerKind::Pop3Tls => {
-                            let implicit_tls = kind == ListenerKind::Pop3Tls;
+                            let implicit_tls = kind.implicit_tls();
                             let pop3 = Rc::clone(&ctx.pop3);
                             pop3_conn::serve(stream, peer, implicit_tls, pop3, session_shutdown)
                                 .await
                         }
                         ListenerKind::Imap | ListenerKind::ImapTls => {
-                            let implicit_tls = kind == ListenerKind::ImapTls;
+                            let implicit_tls = kind.implicit_tls();
                             let imap = Rc::clone(&ctx.imap);
                             imap_conn::serve(stream, peer, implicit_tls, imap, session_shutdown)
                                 .await

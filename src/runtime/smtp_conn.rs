@@ -1,6 +1,8 @@
 //! Drives one SMTP server session over one connection: moves bytes between
 //! the transport and the sans-IO `ServerSession`, stores finished messages
-//! in this core's spool writer, and upgrades to TLS on STARTTLS.
+//! in this core's spool writer, upgrades to TLS on STARTTLS (or starts in
+//! TLS on the implicit-TLS submission listener, RFC 8314), and checks AUTH
+//! passwords off the event loop, slowing failures per client network.
 //!
 //! This module must never decide anything about SMTP itself (replies, state,
 //! limits come from the session) and must never let a reply for a message
@@ -10,26 +12,38 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::auth_throttle::AuthThrottle;
 use super::imap_conn::ImapContext;
 use super::listener::ListenerKind;
 use super::pop3_conn::Pop3Context;
-use super::session_io::{exchange, flush, Exchanged, Incoming, Outgoing};
+use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
 use crate::queue::scheduler::Scheduler;
+use crate::smtp::auth::Mechanism;
 use crate::smtp::reply::REPLY_CLASSES;
-use crate::smtp::{IncomingMessage, RecipientHook, ServerSession, SessionConfig, SessionEvent};
+use crate::smtp::{
+    AuthenticatedUser, IncomingMessage, RecipientHook, ServerSession, SessionConfig, SessionEvent,
+};
 use crate::spool::{QueueId, SpoolError, SpoolWriter};
+use crate::users::UsersHandle;
 
 /// What every connection on one core shares. Lives on that core only.
 pub struct CoreContext {
     pub core: usize,
+    /// Sessions on relay/MX listeners.
     pub session_config: Arc<SessionConfig>,
+    /// Sessions on submission listeners (AUTH, RFC 6409 rules).
+    pub submission_config: Arc<SessionConfig>,
+    /// Whom AUTH checks passwords against.
+    pub users: UsersHandle,
+    /// Recent AUTH failures by client network, on this core.
+    pub auth_throttle: RefCell<AuthThrottle>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// POP3 connections of this core.
     pub pop3: Rc<Pop3Context>,
@@ -76,6 +90,16 @@ pub fn register_metrics(kinds: &[ListenerKind]) {
     metrics::counter!("tern_message_bytes_accepted_total").increment(0);
     metrics::counter!("tern_smtp_timeouts_total").increment(0);
     metrics::counter!("tern_smtp_relay_denied_total").increment(0);
+    for mechanism in Mechanism::ALL {
+        for result in ["ok", "failed", "aborted"] {
+            metrics::counter!(
+                "tern_smtp_auth_total",
+                "mechanism" => mechanism.label(),
+                "result" => result
+            )
+            .increment(0);
+        }
+    }
     for reason in [
         "bare_line_ending",
         "line_too_long",
@@ -102,9 +126,23 @@ pub async fn serve<T: Transport>(
     ctx: Rc<CoreContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut session = ServerSession::new(ctx.session_config.clone(), peer.ip(), false)
-        .with_recipient_hook(Rc::clone(&ctx.recipient_hook));
     let mut stream: MaybeTls<T, TlsStream<T>> = MaybeTls::Plain(transport);
+    let implicit_tls = kind.implicit_tls();
+    if implicit_tls {
+        let Some(config) = ctx.tls.clone() else {
+            return;
+        };
+        if !tls_handshake(&mut stream, config, peer, "SMTP").await {
+            return;
+        }
+    }
+    let config = if kind.is_submission() {
+        &ctx.submission_config
+    } else {
+        &ctx.session_config
+    };
+    let mut session = ServerSession::new(Arc::clone(config), peer.ip(), implicit_tls)
+        .with_recipient_hook(Rc::clone(&ctx.recipient_hook));
     let mut in_buf = Vec::with_capacity(READ_CHUNK);
     let mut out_buf = Vec::with_capacity(1024);
     let write_timeout = ctx.session_config.command_timeout;
@@ -141,6 +179,7 @@ pub async fn serve<T: Transport>(
                             size,
                             client = %peer.ip(),
                             listener = kind.label(),
+                            auth = message.envelope.client.auth.as_deref().unwrap_or(""),
                             "message accepted"
                         );
                         session.message_stored(Ok(id.to_string()));
@@ -188,10 +227,46 @@ pub async fn serve<T: Transport>(
                     }
                 }
             }
+            SessionEvent::Authenticate { login, password } => {
+                let user = authenticate(&ctx, peer, login, password).await;
+                session.auth_done(user);
+            }
             SessionEvent::Close => {
                 let _ = flush(&mut stream, &mut session, &mut out_buf, write_timeout).await;
                 break;
             }
+        }
+    }
+}
+
+/// Check AUTH credentials off the event loop. A failure is answered only
+/// after this client network's throttle delay, and logged for operators
+/// (and fail2ban-style tools).
+async fn authenticate(
+    ctx: &CoreContext,
+    peer: SocketAddr,
+    login: String,
+    password: String,
+) -> Option<AuthenticatedUser> {
+    let name = ctx.users.verify_off_loop(login.clone(), password).await;
+    // A user removed between the check and this lookup counts as a failure.
+    let user = name.and_then(|name| ctx.users.find(&name));
+    match user {
+        Some(user) => {
+            info!(client = %peer.ip(), user = user.name(), "SMTP AUTH succeeded");
+            Some(AuthenticatedUser {
+                name: user.name().to_owned(),
+                addresses: user.addresses().to_vec(),
+            })
+        }
+        None => {
+            let delay = ctx
+                .auth_throttle
+                .borrow_mut()
+                .failed(peer.ip(), Instant::now());
+            warn!(client = %peer.ip(), %login, delay_ms = delay.as_millis() as u64, "SMTP AUTH failed");
+            tokio::time::sleep(delay).await;
+            None
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Parser for one SMTP command line (RFC 5321 4.1) into a typed [`Command`]:
 //! verb, reverse- and forward-path syntax (source routes, `<Postmaster>`,
 //! domains, address literals, SMTPUTF8 addresses), ESMTP parameters of
-//! SIZE, BODY, SMTPUTF8 and DSN, and xtext decoding (RFC 3461 4).
+//! SIZE, BODY, SMTPUTF8, DSN and AUTH (RFC 4954 5), the AUTH command
+//! (RFC 4954 4), and xtext decoding (RFC 3461 4).
 //!
 //! The parser sees one line without its line ending and knows nothing about
 //! session state or configuration (limits such as the maximum message size
@@ -27,6 +28,8 @@ const ENVID_MAX: usize = 100;
 const ORCPT_MAX: usize = 500;
 /// Longest decimal number accepted for SIZE= and BDAT (fits u64).
 const DECIMAL_DIGITS_MAX: usize = 20;
+/// Longest SASL mechanism name (RFC 4422 3.1).
+const MECHANISM_MAX: usize = 20;
 
 /// One parsed SMTP command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +53,12 @@ pub enum Command {
     Expn,
     Help,
     StartTls,
+    /// `AUTH <mechanism> [initial-response]` (RFC 4954 4): the mechanism
+    /// upper-cased; the initial response as sent (base64 or `=`).
+    Auth {
+        mechanism: String,
+        initial_response: Option<String>,
+    },
 }
 
 /// `MAIL FROM:<reverse-path> [params]`.
@@ -67,6 +76,9 @@ pub struct MailFrom {
     pub ret: Option<DsnRet>,
     /// `ENVID=`, xtext-decoded (RFC 3461 4.4).
     pub envid: Option<String>,
+    /// `AUTH=` (RFC 4954 5), xtext-decoded without its brackets: the
+    /// mailbox that originally submitted the message, empty for `<>`.
+    pub auth: Option<String>,
     /// Any ESMTP parameter was given (not allowed after HELO).
     pub has_parameters: bool,
 }
@@ -176,6 +188,8 @@ pub fn parse_command(line: &[u8]) -> Result<Command, CommandError> {
         Ok(Command::Help)
     } else if is("STARTTLS") {
         no_argument("STARTTLS", argument, Command::StartTls)
+    } else if is("AUTH") {
+        parse_auth(argument)
     } else {
         Err(CommandError::UnknownCommand)
     }
@@ -266,11 +280,59 @@ fn parse_mail(argument: &str) -> Result<MailFrom, CommandError> {
                 .filter(|v| v.len() <= ENVID_MAX)
                 .ok_or(CommandError::BadParameterValue("ENVID"))?;
             mail.envid = Some(decoded);
+        } else if keyword.eq_ignore_ascii_case("AUTH") {
+            if mail.auth.is_some() {
+                return Err(CommandError::DuplicateParameter("AUTH"));
+            }
+            let value = value.ok_or(CommandError::BadParameterValue("AUTH"))?;
+            mail.auth = Some(parse_auth_parameter(value)?);
         } else {
             return Err(CommandError::UnknownParameter(keyword.to_owned()));
         }
     }
     Ok(mail)
+}
+
+/// `AUTH mechanism [initial-response]` (RFC 4954 4).
+fn parse_auth(argument: &str) -> Result<Command, CommandError> {
+    let mut words = required_argument("AUTH", argument)?
+        .split(' ')
+        .filter(|word| !word.is_empty());
+    let mechanism = words.next().ok_or(CommandError::MissingArgument("AUTH"))?;
+    // RFC 4422 3.1: 1 to 20 of upper-case letters, digits, `-` and `_`
+    // (clients may send it in lower case).
+    if mechanism.len() > MECHANISM_MAX
+        || !mechanism
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(CommandError::Syntax("AUTH mechanism [initial-response]"));
+    }
+    let initial_response = words.next().map(str::to_owned);
+    if words.next().is_some() {
+        return Err(CommandError::Syntax("AUTH mechanism [initial-response]"));
+    }
+    Ok(Command::Auth {
+        mechanism: mechanism.to_ascii_uppercase(),
+        initial_response,
+    })
+}
+
+/// `AUTH=` value of MAIL (RFC 4954 5): xtext of `<>` or `<mailbox>`.
+fn parse_auth_parameter(value: &str) -> Result<String, CommandError> {
+    let bad = CommandError::BadParameterValue("AUTH");
+    let decoded = decode_xtext(value).map_err(|_| bad.clone())?;
+    if decoded.len() > PATH_MAX {
+        return Err(bad);
+    }
+    let mailbox = decoded
+        .strip_prefix('<')
+        .and_then(|rest| rest.strip_suffix('>'))
+        .ok_or(bad.clone())?;
+    if !mailbox.is_empty() && !is_mailbox(mailbox) {
+        return Err(bad);
+    }
+    Ok(mailbox.to_owned())
 }
 
 fn parse_rcpt(argument: &str) -> Result<RcptTo, CommandError> {
@@ -765,6 +827,84 @@ mod tests {
         assert_eq!(m.body, Some(BodyType::SevenBit));
         assert_eq!(m.ret, Some(DsnRet::Full));
         assert!(!mail("MAIL FROM:<>").has_parameters);
+    }
+
+    #[test]
+    fn auth_command() {
+        assert_eq!(
+            parse("auth plain AGFsaWNlAHNlY3JldA=="),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial_response: Some("AGFsaWNlAHNlY3JldA==".into()),
+            })
+        );
+        assert_eq!(
+            parse("AUTH LOGIN"),
+            Ok(Command::Auth {
+                mechanism: "LOGIN".into(),
+                initial_response: None,
+            })
+        );
+        assert_eq!(
+            parse("AUTH PLAIN ="),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial_response: Some("=".into()),
+            })
+        );
+        assert_eq!(
+            parse("AUTH SCRAM-SHA-256"),
+            Ok(Command::Auth {
+                mechanism: "SCRAM-SHA-256".into(),
+                initial_response: None,
+            })
+        );
+        assert_eq!(parse("AUTH"), Err(CommandError::MissingArgument("AUTH")));
+        assert_eq!(parse("AUTH  "), Err(CommandError::MissingArgument("AUTH")));
+        for bad in [
+            "AUTH PL@IN",
+            "AUTH PLAIN a b",
+            "AUTH ABCDEFGHIJKLMNOPQRSTU",
+            "AUTH PLAIN=",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(CommandError::Syntax(_))),
+                "{bad}: {:?}",
+                parse(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn mail_auth_parameter() {
+        assert_eq!(
+            mail("MAIL FROM:<a@b.example> AUTH=<>").auth,
+            Some(String::new())
+        );
+        assert_eq!(
+            mail("MAIL FROM:<a@b.example> AUTH=<e+3Dmc2@example.com>").auth,
+            Some("e=mc2@example.com".into())
+        );
+        assert_eq!(mail("MAIL FROM:<a@b.example>").auth, None);
+        for bad in [
+            "MAIL FROM:<> AUTH",
+            "MAIL FROM:<> AUTH=a@b.example",
+            "MAIL FROM:<> AUTH=<not-an-address>",
+            "MAIL FROM:<> AUTH=<a@b.example",
+            "MAIL FROM:<> AUTH=<a+ZZ@b.example>",
+        ] {
+            assert_eq!(
+                parse(bad),
+                Err(CommandError::BadParameterValue("AUTH")),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse("MAIL FROM:<> AUTH=<> AUTH=<>"),
+            Err(CommandError::DuplicateParameter("AUTH"))
+        );
+        let long = format!("MAIL FROM:<> AUTH=<{}@b.example>", "a".repeat(250));
+        assert_eq!(parse(&long), Err(CommandError::BadParameterValue("AUTH")));
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! The server-side SMTP session state machine (RFC 5321 with PIPELINING,
-//! SIZE, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING, DSN, STARTTLS):
+//! SIZE, 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING, DSN, STARTTLS,
+//! and AUTH with the submission rules of RFC 6409 where the listener has
+//! them):
 //! bytes from the peer go in through [`ServerSession::receive`], replies come
 //! out of [`ServerSession::output`], and [`ServerSession::poll`] tells the
 //! runtime what to do next.
 //!
 //! Sans-IO: this module must never touch a socket, a clock, a thread or an
 //! async runtime, must never execute bytes pipelined after STARTTLS or after
-//! a smuggled end of data, and must never hold more input than one command
-//! line or the message being assembled.
+//! a smuggled end of data, must never hold more input than one command
+//! line or the message being assembled, and must never check a password
+//! (it asks the runtime with an Authenticate event).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -17,12 +20,15 @@ use std::time::Duration;
 
 use memchr::memchr;
 
+use super::auth::{self, Credentials, Exchange, Mechanism, Progress, MECHANISMS_ADVERTISED};
 use super::command::{parse_command, Command, CommandError, MailFrom, RcptTo, COMMAND_LINE_MAX};
 use super::data::{ContentError, DataDecoder, Framing};
 use super::relay_access::RelayAccess;
 use super::reply::{class_label, EnhancedStatus, Reply};
+use super::submission::{AuthenticatedUser, SubmissionPolicy};
 use super::trace::too_many_hops;
 use crate::envelope::{ClientInfo, Envelope, Recipient};
+use crate::sasl::{authzid_permitted, SASL_RESPONSE_MAX};
 use crate::spool::SpoolError;
 
 /// Default time to wait for a command (RFC 5321 4.5.3.2.7).
@@ -32,6 +38,9 @@ pub const COMMAND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5 * 60);
 pub const DATA_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3 * 60);
 /// Recipients per message a server must at least accept (RFC 5321 4.5.3.1.8).
 pub const RECIPIENTS_MIN: usize = 100;
+/// Failed AUTH attempts one session may make: the last is answered 535,
+/// then 421 and the connection closes (RFC 4954 leaves this to the server).
+pub const AUTH_FAILURES_PER_SESSION_MAX: u32 = 3;
 
 /// Settings shared by all sessions of one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +60,10 @@ pub struct SessionConfig {
     pub data_timeout: Duration,
     /// Which recipients a client may give (no open relay).
     pub relay_access: RelayAccess,
+    /// Submission rules (RFC 6409): AUTH offered, MAIL needs AUTH unless
+    /// the client is in mynetworks. None on relay/MX listeners, which
+    /// never offer AUTH.
+    pub submission: Option<SubmissionPolicy>,
 }
 
 /// Consulted for every recipient that the relay access policy allowed,
@@ -99,6 +112,10 @@ pub enum SessionEvent {
     /// then call `tls_started`. The session has already discarded any bytes that were
     /// pipelined after STARTTLS (CVE-2011-0411 class): they must never be executed.
     StartTls,
+    /// Check these credentials against the users file (off the event
+    /// loop), then call `auth_done`. The session processes no further
+    /// input until then.
+    Authenticate { login: String, password: String },
     /// Flush output, then close the connection (after QUIT, 421, or fatal errors).
     Close,
 }
@@ -131,6 +148,16 @@ enum Phase {
     AwaitingStore,
     /// A StartTls event is out; waiting for `tls_started`.
     AwaitingTls,
+    /// A `334` challenge is out: the next line is a SASL response.
+    SaslResponse(Exchange),
+    /// AUTH credentials are complete: the Authenticate event goes out
+    /// (carrying `password`, taken then), then `auth_done` is awaited.
+    AwaitingAuth {
+        mechanism: Mechanism,
+        login: String,
+        authzid: String,
+        password: Option<String>,
+    },
     /// The last reply is queued; the next poll returns Close.
     Closing,
     /// Close was returned; everything is ignored.
@@ -170,6 +197,11 @@ pub struct ServerSession {
     config: Arc<SessionConfig>,
     peer_ip: IpAddr,
     tls_active: bool,
+    /// Set by a successful AUTH; kept across EHLO and RSET, dropped by
+    /// STARTTLS (RFC 3207 4.2).
+    authenticated: Option<AuthenticatedUser>,
+    /// Failed AUTH attempts on this connection.
+    auth_failures: u32,
     recipient_hook: HookSlot,
     phase: Phase,
     greeting: Option<Greeting>,
@@ -201,6 +233,8 @@ impl ServerSession {
             config,
             peer_ip,
             tls_active,
+            authenticated: None,
+            auth_failures: 0,
             recipient_hook: HookSlot::default(),
             phase: Phase::Command,
             greeting: None,
@@ -241,7 +275,7 @@ impl ServerSession {
     pub fn poll(&mut self) -> SessionEvent {
         loop {
             let step = match self.phase {
-                Phase::Command => self.step_command(),
+                Phase::Command | Phase::SaslResponse(_) => self.step_command(),
                 Phase::Data(decoder) => self.step_data(decoder),
                 Phase::Bdat {
                     size,
@@ -249,6 +283,17 @@ impl ServerSession {
                     last,
                 } => self.step_bdat(size, remaining, last),
                 Phase::BdatDiscard { remaining, .. } => self.step_bdat_discard(remaining),
+                Phase::AwaitingAuth {
+                    ref login,
+                    ref mut password,
+                    ..
+                } => match password.take() {
+                    Some(password) => Step::Event(SessionEvent::Authenticate {
+                        login: login.clone(),
+                        password,
+                    }),
+                    None => Step::Wait,
+                },
                 Phase::AwaitingStore | Phase::AwaitingTls => Step::Wait,
                 Phase::Closing => {
                     self.phase = Phase::Closed;
@@ -307,6 +352,7 @@ impl ServerSession {
         }
         self.tls_active = true;
         self.greeting = None;
+        self.authenticated = None;
         self.transaction = None;
         self.input.clear();
         self.input_pos = 0;
@@ -333,8 +379,10 @@ impl ServerSession {
     /// read, or a stored/TLS result is pending: do nothing and return false,
     /// so the client can finish; the runtime asks again at the next read.
     pub fn shutting_down(&mut self) -> bool {
-        if !matches!(self.phase, Phase::Command) {
-            return false;
+        match self.phase {
+            Phase::Command => {}
+            Phase::SaslResponse(ref exchange) => count_auth(exchange.mechanism(), "aborted"),
+            _ => return false,
         }
         let text = format!(
             "{} Service shutting down, closing transmission channel",
@@ -368,37 +416,66 @@ impl ServerSession {
         self.input.get(self.input_pos..).unwrap_or_default()
     }
 
+    /// Reads one line: a command, or the SASL response a `334` asked for.
     fn step_command(&mut self) -> Step {
+        let in_sasl = matches!(self.phase, Phase::SaslResponse(_));
+        let limit = if in_sasl {
+            SASL_RESPONSE_MAX
+        } else {
+            COMMAND_LINE_MAX
+        };
         let pending = self.pending_input();
         let Some(lf) = memchr(b'\n', pending) else {
             // Even with its LF still to come this line cannot fit.
-            if pending.len() >= COMMAND_LINE_MAX {
+            if pending.len() >= limit {
                 self.input_pos = self.input.len();
                 if !self.discarding_long_line {
                     self.discarding_long_line = true;
-                    self.send(&line_too_long());
+                    self.refuse_long_line();
                 }
             }
             return Step::Wait;
         };
         let line = &pending[..lf];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let parsed = if self.discarding_long_line || lf + 1 > COMMAND_LINE_MAX {
+        let read = if self.discarding_long_line || lf + 1 > limit {
             None
+        } else if in_sasl {
+            Some(Err(line.to_vec()))
         } else {
-            Some(parse_command(line))
+            Some(Ok(parse_command(line)))
         };
         self.input_pos += lf + 1;
-        match parsed {
-            Some(parsed) => self.execute(parsed),
+        match read {
+            Some(Ok(parsed)) => self.execute(parsed),
+            Some(Err(response)) => self.sasl_response(&response),
             None if self.discarding_long_line => {
                 // The tail of a line already answered: never a command.
                 self.discarding_long_line = false;
                 Step::Continue
             }
             None => {
-                self.send(&line_too_long());
+                self.refuse_long_line();
                 Step::Continue
+            }
+        }
+    }
+
+    /// An overlong line is answered and dropped; one in place of a SASL
+    /// response also ends the exchange (RFC 4954 6: 500 5.5.6).
+    fn refuse_long_line(&mut self) {
+        match std::mem::replace(&mut self.phase, Phase::Command) {
+            Phase::SaslResponse(exchange) => {
+                count_auth(exchange.mechanism(), "aborted");
+                self.send(&Reply::new(
+                    500,
+                    status(5, 5, 6),
+                    "Error: authentication exchange line is too long",
+                ));
+            }
+            phase => {
+                self.phase = phase;
+                self.send(&line_too_long());
             }
         }
     }
@@ -458,8 +535,138 @@ impl ServerSession {
                 .with_line("See RFC 5321"),
             ),
             Command::StartTls => return self.starttls(),
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(&mechanism, initial_response.as_deref()),
         }
         Step::Continue
+    }
+
+    /// AUTH is offered on this listener right now.
+    fn auth_offered(&self) -> bool {
+        self.config
+            .submission
+            .as_ref()
+            .is_some_and(|policy| policy.auth_offered(self.tls_active))
+    }
+
+    /// `AUTH mechanism [initial-response]` (RFC 4954 4).
+    fn auth(&mut self, mechanism: &str, initial_response: Option<&str>) {
+        let refusal = match &self.config.submission {
+            None => Some(Reply::new(
+                502,
+                status(5, 5, 1),
+                "Error: authentication not enabled on this port",
+            )),
+            Some(_) if !self.greeting.as_ref().is_some_and(|g| g.esmtp) => {
+                Some(bad_sequence("Error: send EHLO first"))
+            }
+            Some(_) if self.authenticated.is_some() => {
+                Some(bad_sequence("Error: already authenticated"))
+            }
+            Some(_) if self.transaction.is_some() => Some(bad_sequence(
+                "Error: AUTH not permitted during a mail transaction",
+            )),
+            Some(policy) if !policy.auth_offered(self.tls_active) => Some(Reply::new(
+                538,
+                status(5, 7, 11),
+                "Error: encryption required for requested authentication mechanism, use STARTTLS first",
+            )),
+            Some(_) => None,
+        };
+        if let Some(refusal) = refusal {
+            self.send(&refusal);
+            return;
+        }
+        match Mechanism::from_name(mechanism) {
+            Some(mechanism) => {
+                self.auth_progress(mechanism, auth::start(mechanism, initial_response))
+            }
+            None => self.send(&Reply::new(
+                504,
+                status(5, 5, 4),
+                "Error: unrecognized authentication mechanism",
+            )),
+        }
+    }
+
+    /// The line answering a `334` challenge.
+    fn sasl_response(&mut self, response: &[u8]) -> Step {
+        if let Phase::SaslResponse(exchange) = std::mem::replace(&mut self.phase, Phase::Command) {
+            let mechanism = exchange.mechanism();
+            self.auth_progress(mechanism, auth::respond(exchange, response));
+        }
+        Step::Continue
+    }
+
+    fn auth_progress(&mut self, mechanism: Mechanism, progress: Progress) {
+        match progress {
+            Progress::Challenge(challenge, exchange) => {
+                self.send(&Reply::plain(334, challenge));
+                self.phase = Phase::SaslResponse(exchange);
+            }
+            Progress::Credentials(Credentials {
+                login,
+                password,
+                authzid,
+            }) => {
+                self.phase = Phase::AwaitingAuth {
+                    mechanism,
+                    login,
+                    authzid,
+                    password: Some(password),
+                };
+            }
+            Progress::Refused(reply) => {
+                count_auth(mechanism, "aborted");
+                self.send(&reply);
+            }
+        }
+    }
+
+    /// The outcome of the last [`SessionEvent::Authenticate`]: the user the
+    /// credentials belong to, or None for an unknown login or a wrong
+    /// password. The authorization identity may only name that user.
+    pub fn auth_done(&mut self, user: Option<AuthenticatedUser>) {
+        let Phase::AwaitingAuth {
+            mechanism,
+            login,
+            authzid,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Command)
+        else {
+            return;
+        };
+        match user {
+            Some(user) if authzid_permitted(&authzid, &login, &user.name) => {
+                count_auth(mechanism, "ok");
+                self.authenticated = Some(user);
+                self.send(&Reply::new(
+                    235,
+                    status(2, 7, 0),
+                    "Authentication successful",
+                ));
+            }
+            _ => {
+                count_auth(mechanism, "failed");
+                self.auth_failures += 1;
+                self.send(&Reply::new(
+                    535,
+                    status(5, 7, 8),
+                    "Error: authentication credentials invalid",
+                ));
+                if self.auth_failures >= AUTH_FAILURES_PER_SESSION_MAX {
+                    let text = format!(
+                        "{} Error: too many failed authentication attempts",
+                        self.config.hostname
+                    );
+                    self.send(&Reply::new(421, status(4, 7, 0), text));
+                    self.transaction = None;
+                    self.phase = Phase::Closing;
+                }
+            }
+        }
     }
 
     fn ehlo(&mut self, name: String, esmtp: bool) {
@@ -482,6 +689,9 @@ impl ServerSession {
         if self.config.starttls_available && !self.tls_active {
             reply = reply.with_line("STARTTLS");
         }
+        if self.auth_offered() {
+            reply = reply.with_line(MECHANISMS_ADVERTISED);
+        }
         self.send(&reply);
     }
 
@@ -491,6 +701,21 @@ impl ServerSession {
             Some(_) if self.transaction.is_some() => bad_sequence("Error: nested MAIL command"),
             Some(greeting) if !greeting.esmtp && mail.has_parameters => parameters_after_helo(),
             Some(_) if !mail.smtputf8 && !mail.sender.is_ascii() => non_ascii_address(),
+            // RFC 4954 5: the parameter belongs to the AUTH extension.
+            Some(_) if mail.auth.is_some() && self.config.submission.is_none() => {
+                Reply::new(555, status(5, 5, 4), "Error: parameter AUTH not supported")
+            }
+            Some(_) if self.must_authenticate() => {
+                Reply::new(530, status(5, 7, 0), "Error: authentication required")
+            }
+            Some(_) if !self.sender_allowed(&mail.sender) => Reply::new(
+                553,
+                status(5, 7, 1),
+                format!(
+                    "Error: <{}>: sender address not owned by the authenticated user",
+                    mail.sender
+                ),
+            ),
             Some(_)
                 if mail
                     .size
@@ -512,6 +737,23 @@ impl ServerSession {
         self.send(&reply);
     }
 
+    /// On a submission listener, MAIL needs AUTH first unless the client
+    /// is in mynetworks (trusted like on the relay port: local programs
+    /// submit without a password).
+    fn must_authenticate(&self) -> bool {
+        self.config.submission.is_some()
+            && self.authenticated.is_none()
+            && !self.config.relay_access.client_is_trusted(self.peer_ip)
+    }
+
+    /// Whether the authenticated user (if any) may use `sender`.
+    fn sender_allowed(&self, sender: &str) -> bool {
+        match (&self.config.submission, &self.authenticated) {
+            (Some(policy), Some(user)) => policy.sender_allowed(user, sender),
+            _ => true,
+        }
+    }
+
     fn rcpt(&mut self, rcpt: RcptTo) {
         let esmtp = self
             .greeting
@@ -523,11 +765,13 @@ impl ServerSession {
             Some(_) if !esmtp && rcpt.has_parameters => parameters_after_helo(),
             Some(tx) if tx.chunks.is_some() => bad_sequence("Error: RCPT after BDAT"),
             Some(tx) if !tx.mail.smtputf8 && !rcpt.recipient.is_ascii() => non_ascii_address(),
+            // An authenticated submitter may relay anywhere (RFC 6409 4.3).
             Some(tx)
-                if !self
-                    .config
-                    .relay_access
-                    .may_accept(self.peer_ip, &rcpt.recipient) =>
+                if self.authenticated.is_none()
+                    && !self
+                        .config
+                        .relay_access
+                        .may_accept(self.peer_ip, &rcpt.recipient) =>
             {
                 tx.refused_recipients += 1;
                 metrics::counter!("tern_smtp_relay_denied_total").increment(1);
@@ -742,7 +986,7 @@ impl ServerSession {
                 helo: greeting.map(|g| g.name.clone()).unwrap_or_default(),
                 esmtp: greeting.is_some_and(|g| g.esmtp),
                 tls: self.tls_active,
-                auth: None,
+                auth: self.authenticated.as_ref().map(|user| user.name.clone()),
             },
             received_at_ms: 0,
         };
@@ -752,6 +996,17 @@ impl ServerSession {
             data: tx.data,
         })))
     }
+}
+
+/// Counts one AUTH exchange that ended: `ok`, `failed` (credentials
+/// checked and refused) or `aborted` (cancelled, malformed, cut short).
+fn count_auth(mechanism: Mechanism, result: &'static str) {
+    metrics::counter!(
+        "tern_smtp_auth_total",
+        "mechanism" => mechanism.label(),
+        "result" => result
+    )
+    .increment(1);
 }
 
 fn line_too_long() -> Reply {
@@ -861,6 +1116,7 @@ mod tests {
                 &["local.example".into()],
                 &[],
             ),
+            submission: None,
         })
     }
 
@@ -878,6 +1134,8 @@ mod tests {
         output: String,
         messages: Vec<IncomingMessage>,
         starttls: usize,
+        /// Authenticate events answered.
+        auth_checks: usize,
         closed: bool,
     }
 
@@ -907,6 +1165,7 @@ mod tests {
             output: String::new(),
             messages: Vec::new(),
             starttls: 0,
+            auth_checks: 0,
             closed: false,
         };
         'chunks: for chunk in chunks {
@@ -923,6 +1182,10 @@ mod tests {
                         transcript.starttls += 1;
                         session.tls_started();
                     }
+                    SessionEvent::Authenticate { login, password } => {
+                        transcript.auth_checks += 1;
+                        session.auth_done(check_password(&login, &password));
+                    }
                     SessionEvent::Close => {
                         transcript.closed = true;
                         break 'chunks;
@@ -935,6 +1198,15 @@ mod tests {
             .push_str(&String::from_utf8_lossy(session.output()));
         session.consume_output(usize::MAX);
         transcript
+    }
+
+    /// The users the test runtime knows: alice (also by her address), password `secret`.
+    fn check_password(login: &str, password: &str) -> Option<AuthenticatedUser> {
+        let known = login == "alice" || login == "alice@local.example";
+        (known && password == "secret").then(|| AuthenticatedUser {
+            name: "alice".into(),
+            addresses: vec!["alice@local.example".into(), "Sales@Local.example".into()],
+        })
     }
 
     fn run_with(session: &mut ServerSession, script: &[u8]) -> Transcript {
@@ -1967,5 +2239,474 @@ mod tests {
                 "503 5.5.1 Error: need MAIL command",
             ]
         );
+    }
+
+    // AUTH (RFC 4954) and the submission rules (RFC 6409).
+
+    const STRANGER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9));
+    const TRUSTED: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+    /// `\0alice\0secret`
+    const PLAIN_ALICE: &str = "AGFsaWNlAHNlY3JldA==";
+    /// `\0alice\0wrong`
+    const PLAIN_WRONG: &str = "AGFsaWNlAHdyb25n";
+
+    fn submission_config(allow_plaintext_auth: bool, any_sender: bool) -> Arc<SessionConfig> {
+        let mut config = SessionConfig::clone(&config(true));
+        config.submission = Some(SubmissionPolicy {
+            allow_plaintext_auth,
+            any_sender,
+        });
+        Arc::new(config)
+    }
+
+    /// A session on a submission listener, TLS active, from a stranger.
+    fn submission(tls_active: bool) -> ServerSession {
+        ServerSession::new(submission_config(false, false), STRANGER, tls_active)
+    }
+
+    /// Runs `script` whole and byte at a time on two sessions made by `make`.
+    fn run_on(make: impl Fn() -> ServerSession, script: &[u8]) -> Transcript {
+        let whole = run_with(&mut make(), script);
+        let bytewise = drive(&mut make(), script.chunks(1));
+        assert_eq!(whole, bytewise, "byte-at-a-time differs for {script:?}");
+        whole
+    }
+
+    /// Replies after the EHLO block (whatever extensions it listed).
+    fn after_ehlo_block(t: &Transcript) -> Vec<&str> {
+        let replies = t.replies();
+        let end = replies
+            .iter()
+            .position(|l| l.starts_with("250 "))
+            .map_or(replies.len(), |i| i + 1);
+        replies[end..].to_vec()
+    }
+
+    fn ehlo_lines(t: &Transcript) -> Vec<&str> {
+        t.replies()
+            .into_iter()
+            .filter(|l| l.starts_with("250"))
+            .map(|l| &l[4..])
+            .collect()
+    }
+
+    #[test]
+    fn auth_is_advertised_only_on_submission_under_tls_or_when_allowed_in_clear() {
+        let t = run_on(|| submission(true), HELLO.as_bytes());
+        assert_eq!(ehlo_lines(&t).last(), Some(&"AUTH PLAIN LOGIN"));
+        let t = run_on(|| submission(false), HELLO.as_bytes());
+        assert!(!ehlo_lines(&t).iter().any(|l| l.starts_with("AUTH")));
+        assert_eq!(ehlo_lines(&t).last(), Some(&"STARTTLS"));
+        let clear = || ServerSession::new(submission_config(true, false), STRANGER, false);
+        let t = run_on(clear, HELLO.as_bytes());
+        assert!(ehlo_lines(&t).contains(&"AUTH PLAIN LOGIN"));
+        let relay = || ServerSession::new(config(true), STRANGER, true);
+        let t = run_on(relay, HELLO.as_bytes());
+        assert!(!ehlo_lines(&t).iter().any(|l| l.starts_with("AUTH")));
+    }
+
+    #[test]
+    fn auth_refusals_before_the_exchange() {
+        // Before TLS on submission: encryption required.
+        let t = run_on(
+            || submission(false),
+            format!("{HELLO}AUTH PLAIN {PLAIN_ALICE}\r\n").as_bytes(),
+        );
+        assert_eq!(
+            after_ehlo_block(&t)[0],
+            "538 5.7.11 Error: encryption required for requested authentication mechanism, use STARTTLS first"
+        );
+        assert_eq!(t.auth_checks, 0);
+        // Relay listener: not enabled at all.
+        let relay = || ServerSession::new(config(true), STRANGER, true);
+        let t = run_on(
+            relay,
+            format!("{HELLO}AUTH PLAIN {PLAIN_ALICE}\r\n").as_bytes(),
+        );
+        assert_eq!(t.codes().last(), Some(&"502"));
+        // Before EHLO, after HELO, unknown mechanism, during a transaction.
+        let t = run_on(
+            || ServerSession::new(submission_config(false, false), TRUSTED, true),
+            format!(
+                "AUTH PLAIN\r\nHELO c\r\nAUTH PLAIN\r\n{HELLO}AUTH CRAM-MD5\r\n\
+                 MAIL FROM:<a@b.example>\r\nAUTH PLAIN {PLAIN_ALICE}\r\n"
+            )
+            .as_bytes(),
+        );
+        let replies = t.replies();
+        assert_eq!(replies[1], "503 5.5.1 Error: send EHLO first");
+        assert_eq!(replies[3], "503 5.5.1 Error: send EHLO first");
+        let tail = &replies[replies.len() - 3..];
+        assert_eq!(
+            tail,
+            [
+                "504 5.5.4 Error: unrecognized authentication mechanism",
+                "250 2.1.0 Ok",
+                "503 5.5.1 Error: AUTH not permitted during a mail transaction",
+            ]
+        );
+        assert_eq!(t.auth_checks, 0);
+    }
+
+    #[test]
+    fn auth_plain_with_initial_response_then_again_is_refused() {
+        let t = run_on(
+            || submission(true),
+            format!("{HELLO}AUTH PLAIN {PLAIN_ALICE}\r\nAUTH PLAIN {PLAIN_ALICE}\r\n").as_bytes(),
+        );
+        let replies = t.replies();
+        assert_eq!(
+            &replies[replies.len() - 2..],
+            [
+                "235 2.7.0 Authentication successful",
+                "503 5.5.1 Error: already authenticated",
+            ]
+        );
+        assert_eq!(t.auth_checks, 1);
+    }
+
+    #[test]
+    fn auth_plain_and_login_challenges() {
+        let t = run_on(
+            || submission(true),
+            format!("{HELLO}auth plain\r\n{PLAIN_ALICE}\r\n").as_bytes(),
+        );
+        let replies = t.replies();
+        assert_eq!(
+            &replies[replies.len() - 2..],
+            ["334 ", "235 2.7.0 Authentication successful"]
+        );
+        // LOGIN, the user by address; `=` is an empty initial response.
+        let t = run_on(
+            || submission(true),
+            format!("{HELLO}AUTH LOGIN\r\nYWxpY2VAbG9jYWwuZXhhbXBsZQ==\r\nc2VjcmV0\r\n").as_bytes(),
+        );
+        let replies = t.replies();
+        assert_eq!(
+            &replies[replies.len() - 3..],
+            [
+                "334 VXNlcm5hbWU6",
+                "334 UGFzc3dvcmQ6",
+                "235 2.7.0 Authentication successful"
+            ]
+        );
+        let t = run_on(
+            || submission(true),
+            format!("{HELLO}AUTH LOGIN =\r\nc2VjcmV0\r\n").as_bytes(),
+        );
+        let replies = t.replies();
+        assert_eq!(
+            &replies[replies.len() - 2..],
+            [
+                "334 UGFzc3dvcmQ6",
+                "535 5.7.8 Error: authentication credentials invalid"
+            ]
+        );
+    }
+
+    #[test]
+    fn cancel_bad_base64_and_long_responses_end_the_exchange_and_the_session_goes_on() {
+        let long = "A".repeat(SASL_RESPONSE_MAX + 10);
+        let t = run_on(
+            || submission(true),
+            format!(
+                "{HELLO}AUTH PLAIN\r\n*\r\nAUTH LOGIN\r\n!!!\r\nAUTH PLAIN @@@@\r\n\
+                 AUTH PLAIN\r\n{long}\r\nNOOP\r\nAUTH PLAIN {PLAIN_ALICE}\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(
+            after_ehlo_block(&t),
+            [
+                "334 ",
+                "501 5.7.0 Authentication cancelled",
+                "334 VXNlcm5hbWU6",
+                "501 5.5.2 Error: invalid base64 in AUTH response",
+                "501 5.5.2 Error: invalid base64 in AUTH response",
+                "334 ",
+                "500 5.5.6 Error: authentication exchange line is too long",
+                "250 2.0.0 Ok",
+                "235 2.7.0 Authentication successful",
+            ]
+        );
+        assert!(!t.closed);
+        assert_eq!(t.auth_checks, 1);
+    }
+
+    #[test]
+    fn the_longest_plain_response_fits_and_one_more_octet_does_not() {
+        // Zeros in base64: a message of NULs, read to the end and refused
+        // as malformed (not as too long).
+        let longest = "A".repeat(SASL_RESPONSE_MAX - 2);
+        let t = run_on(
+            || submission(true),
+            format!("{HELLO}AUTH PLAIN\r\n{longest}\r\nAUTH PLAIN\r\n{longest}A\r\n").as_bytes(),
+        );
+        assert_eq!(
+            after_ehlo_block(&t),
+            [
+                "334 ",
+                "501 5.5.2 Error: malformed PLAIN message in AUTH response",
+                "334 ",
+                "500 5.5.6 Error: authentication exchange line is too long",
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_passwords_get_535_and_the_third_closes_with_421() {
+        let t = run_on(
+            || submission(true),
+            format!(
+                "{HELLO}AUTH PLAIN {PLAIN_WRONG}\r\nAUTH PLAIN {PLAIN_WRONG}\r\n\
+                 AUTH PLAIN {PLAIN_ALICE}\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(
+            after_ehlo_block(&t),
+            [
+                "535 5.7.8 Error: authentication credentials invalid",
+                "535 5.7.8 Error: authentication credentials invalid",
+                "235 2.7.0 Authentication successful",
+            ]
+        );
+        let t = run_on(
+            || submission(true),
+            format!(
+                "{HELLO}{}NOOP\r\n",
+                format!("AUTH PLAIN {PLAIN_WRONG}\r\n").repeat(4)
+            )
+            .as_bytes(),
+        );
+        assert_eq!(
+            after_ehlo_block(&t),
+            [
+                "535 5.7.8 Error: authentication credentials invalid",
+                "535 5.7.8 Error: authentication credentials invalid",
+                "535 5.7.8 Error: authentication credentials invalid",
+                "421 4.7.0 mx.test.example Error: too many failed authentication attempts",
+            ]
+        );
+        assert!(t.closed);
+        assert_eq!(t.auth_checks, 3);
+    }
+
+    #[test]
+    fn authzid_may_only_name_the_user() {
+        // `sales\0alice\0secret`, then `alice\0alice@local.example\0secret`.
+        let t = run_on(
+            || submission(true),
+            format!(
+                "{HELLO}AUTH PLAIN c2FsZXMAYWxpY2UAc2VjcmV0\r\n\
+                 AUTH PLAIN YWxpY2UAYWxpY2VAbG9jYWwuZXhhbXBsZQBzZWNyZXQ=\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(
+            after_ehlo_block(&t),
+            [
+                "535 5.7.8 Error: authentication credentials invalid",
+                "235 2.7.0 Authentication successful",
+            ]
+        );
+    }
+
+    #[test]
+    fn submission_needs_auth_unless_the_client_is_trusted() {
+        let mail = format!("{HELLO}MAIL FROM:<x@elsewhere.example>\r\n");
+        let t = run_on(|| submission(true), mail.as_bytes());
+        assert_eq!(
+            after_ehlo_block(&t),
+            ["530 5.7.0 Error: authentication required"]
+        );
+        let trusted = || ServerSession::new(submission_config(false, false), TRUSTED, false);
+        let t = run_on(
+            trusted,
+            format!("{mail}RCPT TO:<u@far.example>\r\n").as_bytes(),
+        );
+        assert_eq!(after_ehlo_block(&t), ["250 2.1.0 Ok", "250 2.1.5 Ok"]);
+    }
+
+    #[test]
+    fn authenticated_user_relays_anywhere_with_own_sender_only() {
+        let script = format!(
+            "{HELLO}AUTH PLAIN {PLAIN_ALICE}\r\n\
+             MAIL FROM:<bob@local.example>\r\n\
+             MAIL FROM:<sales@LOCAL.example> AUTH=<>\r\nRCPT TO:<u@far.example>\r\n\
+             DATA\r\nhi\r\n.\r\n\
+             MAIL FROM:<>\r\nRSET\r\n"
+        );
+        let t = run_on(|| submission(true), script.as_bytes());
+        assert_eq!(
+            after_ehlo_block(&t),
+            [
+                "235 2.7.0 Authentication successful",
+                "553 5.7.1 Error: <bob@local.example>: sender address not owned by the authenticated user",
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as Q1",
+                "250 2.1.0 Ok",
+                "250 2.0.0 Ok",
+            ]
+        );
+        let client = &t.messages[0].envelope.client;
+        assert_eq!(client.auth.as_deref(), Some("alice"));
+        assert!(client.tls);
+        // The setting lets any sender through.
+        let any = || ServerSession::new(submission_config(false, true), STRANGER, true);
+        let t = run_on(
+            any,
+            format!("{HELLO}AUTH PLAIN {PLAIN_ALICE}\r\nMAIL FROM:<bob@else.example>\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(after_ehlo_block(&t)[1], "250 2.1.0 Ok");
+    }
+
+    #[test]
+    fn strangers_still_cannot_relay_without_auth_on_the_relay_listener() {
+        let relay = || ServerSession::new(config(true), STRANGER, true);
+        let t = run_on(
+            relay,
+            format!("{HELLO}MAIL FROM:<a@b.example>\r\nRCPT TO:<u@far.example>\r\n").as_bytes(),
+        );
+        assert_eq!(
+            after_ehlo_block(&t),
+            [
+                "250 2.1.0 Ok",
+                "554 5.7.1 <u@far.example>: Relay access denied"
+            ]
+        );
+    }
+
+    #[test]
+    fn mail_auth_parameter_needs_the_extension() {
+        let relay = || ServerSession::new(config(true), TRUSTED, false);
+        let t = run_on(
+            relay,
+            format!("{HELLO}MAIL FROM:<a@b.example> AUTH=<>\r\n").as_bytes(),
+        );
+        assert_eq!(
+            after_ehlo_block(&t),
+            ["555 5.5.4 Error: parameter AUTH not supported"]
+        );
+        let trusted = || ServerSession::new(submission_config(false, false), TRUSTED, false);
+        let t = run_on(
+            trusted,
+            format!("{HELLO}MAIL FROM:<a@b.example> AUTH=<a+2Bb@b.example>\r\n").as_bytes(),
+        );
+        assert_eq!(after_ehlo_block(&t), ["250 2.1.0 Ok"]);
+    }
+
+    #[test]
+    fn starttls_forgets_an_authentication_made_in_clear() {
+        let clear = || ServerSession::new(submission_config(true, false), STRANGER, false);
+        let t = run_on(
+            clear,
+            format!("{HELLO}AUTH PLAIN {PLAIN_ALICE}\r\nSTARTTLS\r\n").as_bytes(),
+        );
+        assert_eq!(t.starttls, 1);
+        let mut session = ServerSession::new(submission_config(true, false), STRANGER, false);
+        let t = run_with(
+            &mut session,
+            format!("{HELLO}AUTH PLAIN {PLAIN_ALICE}\r\nSTARTTLS\r\n").as_bytes(),
+        );
+        assert_eq!(t.codes()[t.codes().len() - 2..], ["235", "220"]);
+        assert_eq!(
+            session.authenticated.as_ref().map(|u| u.name.as_str()),
+            None
+        );
+        let t = run_with(
+            &mut session,
+            format!("{HELLO}MAIL FROM:<alice@local.example>\r\n").as_bytes(),
+        );
+        assert_eq!(
+            after_ehlo_block(&t),
+            ["530 5.7.0 Error: authentication required"]
+        );
+    }
+
+    #[test]
+    fn pipelined_commands_wait_for_the_password_check() {
+        let mut session = submission(true);
+        session.receive(
+            format!("{HELLO}AUTH PLAIN {PLAIN_ALICE}\r\nMAIL FROM:<alice@local.example>\r\n")
+                .as_bytes(),
+        );
+        let SessionEvent::Authenticate { login, password } = session.poll() else {
+            panic!("no Authenticate event");
+        };
+        assert_eq!((login.as_str(), password.as_str()), ("alice", "secret"));
+        // Until the answer comes, nothing else runs (and no second event).
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        assert!(!String::from_utf8_lossy(session.output()).contains("2.1.0"));
+        assert_eq!(
+            session.authenticated.as_ref().map(|u| u.name.as_str()),
+            None
+        );
+        session.auth_done(check_password(&login, &password));
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        let output = String::from_utf8_lossy(session.output()).into_owned();
+        assert!(output.ends_with("235 2.7.0 Authentication successful\r\n250 2.1.0 Ok\r\n"));
+        assert_eq!(
+            session.authenticated.as_ref().map(|u| u.name.as_str()),
+            Some("alice")
+        );
+    }
+
+    #[test]
+    fn shutdown_during_an_exchange_says_goodbye() {
+        let mut session = submission(true);
+        let t = run_with(&mut session, format!("{HELLO}AUTH LOGIN\r\n").as_bytes());
+        assert_eq!(t.codes().last(), Some(&"334"));
+        assert!(session.shutting_down());
+        let t = run_with(&mut session, b"");
+        assert_eq!(t.codes(), ["421"]);
+        assert!(t.closed);
+    }
+
+    #[test]
+    fn random_auth_scripts_never_panic_and_split_reads_agree() {
+        // No STARTTLS: bytes after it differ by design between one read
+        // (discarded) and later reads (the TLS session's).
+        let fragments: [&[u8]; 15] = [
+            b"EHLO c\r\n",
+            b"AUTH PLAIN\r\n",
+            b"AUTH LOGIN\r\n",
+            b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+            b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n",
+            b"AUTH LOGIN YWxpY2U=\r\n",
+            b"AGFsaWNlAHNlY3JldA==\r\n",
+            b"c2VjcmV0\r\n",
+            b"*\r\n",
+            b"=\r\n",
+            b"!!\r\n",
+            b"MAIL FROM:<alice@local.example> AUTH=<>\r\n",
+            b"RCPT TO:<u@far.example>\r\n",
+            b"DATA\r\nx\r\n.\r\n",
+            &[b'A'; 1100],
+        ];
+        let mut rng = fastrand::Rng::with_seed(4954);
+        for _ in 0..300 {
+            let mut script = Vec::new();
+            for _ in 0..20 {
+                script.extend_from_slice(fragments[rng.usize(..fragments.len())]);
+            }
+            let plaintext = rng.bool();
+            let t = run_on(
+                || ServerSession::new(submission_config(plaintext, false), STRANGER, false),
+                &script,
+            );
+            for line in t.replies() {
+                let bytes = line.as_bytes();
+                assert!(
+                    bytes.len() >= 4
+                        && bytes[..3].iter().all(u8::is_ascii_digit)
+                        && (bytes[3] == b' ' || bytes[3] == b'-'),
+                    "malformed reply line {line:?}"
+                );
+            }
+        }
     }
 }

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use address::{AddressError, NameError};
+pub use address::{fold, AddressError, NameError};
 pub use handle::UsersHandle;
 pub use password::{HashError, PasswordError};
 

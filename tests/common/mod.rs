@@ -189,34 +189,7 @@ impl RawClient {
     }
 
     pub fn read_reply(&mut self) -> std::io::Result<Reply> {
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed while reading a reply",
-                ));
-            }
-            let line = line.trim_end_matches(['\r', '\n']).to_string();
-            if line.len() < 3 || !line.is_char_boundary(3) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("malformed reply line {line:?}"),
-                ));
-            }
-            let code: u16 = line[..3].parse().map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("bad code {line:?}"),
-                )
-            })?;
-            let last = line.as_bytes().get(3) != Some(&b'-');
-            lines.push(line);
-            if last {
-                return Ok(Reply { code, lines });
-            }
-        }
+        read_reply_from(&mut self.reader)
     }
 
     /// Send one command line (CRLF added) and read its reply.
@@ -229,6 +202,39 @@ impl RawClient {
     pub fn is_closed(&mut self) -> bool {
         let mut b = [0u8; 1];
         matches!(self.reader.read(&mut b), Ok(0))
+    }
+}
+
+/// Read one (possibly multi-line) SMTP reply from any buffered stream
+/// (a plain socket, or a TLS stream in the submission tests).
+pub fn read_reply_from(reader: &mut impl BufRead) -> std::io::Result<Reply> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed while reading a reply",
+            ));
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        if line.len() < 3 || !line.is_char_boundary(3) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("malformed reply line {line:?}"),
+            ));
+        }
+        let code: u16 = line[..3].parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad code {line:?}"),
+            )
+        })?;
+        let last = line.as_bytes().get(3) != Some(&b'-');
+        lines.push(line);
+        if last {
+            return Ok(Reply { code, lines });
+        }
     }
 }
 

@@ -1,9 +1,12 @@
 """Real-client interop: Python's smtplib against a running tern.
 
 Sends plain, pipelined-by-smtplib, SMTPUTF8 and STARTTLS (certificate
-verified against the test CA) messages, checks every reply, and prints the
-queue ids it got, one per line, as "label id". Talks to 127.0.0.1 only;
-every socket has a timeout. Must never send anywhere else.
+verified against the test CA) messages, then submits one with login()
+after STARTTLS on the submission port (and checks that AUTH is not offered
+before TLS, that a wrong password gets 535 and a foreign sender 553),
+checks every reply, and prints the queue ids it got, one per line, as
+"label id". Talks to 127.0.0.1 only; every socket has a timeout. Must
+never send anywhere else.
 """
 import smtplib
 import ssl
@@ -11,6 +14,7 @@ import sys
 from email.message import EmailMessage
 
 host, port, ca_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+submission_port, password = int(sys.argv[4]), sys.argv[5]
 
 
 def message(subject, sender, rcpt, body):
@@ -69,3 +73,21 @@ with smtplib.SMTP(host, port, timeout=10) as s:
     assert s.sock.version() in ("TLSv1.2", "TLSv1.3"), s.sock.version()
     send("starttls", s, message("tls", "a@example.org", "b@example.net", "secret\n"),
          "a@example.org", ["b@example.net"])
+
+with smtplib.SMTP(host, submission_port, timeout=10) as s:
+    s.ehlo("interop.test")
+    assert not s.has_extn("auth"), "AUTH offered before TLS"
+    s.starttls(context=ctx)
+    s.ehlo("interop.test")
+    assert s.has_extn("auth"), "no AUTH after STARTTLS"
+    try:
+        s.login("alice@example.org", "wrong " + password)
+        raise AssertionError("wrong password accepted")
+    except smtplib.SMTPAuthenticationError as e:
+        assert e.smtp_code == 535, e
+    s.login("alice@example.org", password)
+    code, text = s.mail("mallory@example.net")
+    assert code == 553, (code, text)
+    s.rset()
+    send("submission", s, message("submitted", "alice@example.org", "b@example.net", "sent by a user\n"),
+         "alice@example.org", ["b@example.net"])

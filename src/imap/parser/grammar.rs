@@ -10,7 +10,7 @@ use super::cursor::{bad, is_astring_char, Cursor, ParseResult};
 use super::fetch::fetch_attributes;
 use super::search::search;
 use super::values::{date_time, decode_name, flag, flag_list, mailbox, sequence_set};
-use crate::imap::base64;
+use crate::base64;
 use crate::imap::command::{
     Command, CommandBody, IdParameters, ListCommand, StatusItem, StoreAction,
 };

@@ -18,8 +18,8 @@ mod values;
 pub(crate) use cursor::{is_astring_char, is_atom_char};
 use cursor::{Cursor, ParseError};
 
-use super::base64;
 use super::command::Command;
+use crate::base64;
 
 /// Longest command text outside literals, line endings excluded. RFC 7162
 /// 4 asks servers to accept lines of at least 8192 octets.

@@ -9,8 +9,9 @@
 use crate::imap::mime::decode_quoted_printable;
 use std::borrow::Cow;
 
+use crate::base64;
 use crate::imap::command::{Section, SectionText};
-use crate::imap::{base64, mime};
+use crate::imap::mime;
 
 /// Why a part's content cannot be given decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

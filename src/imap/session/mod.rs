@@ -38,7 +38,7 @@ use crate::mailbox::{
     canonical_folder, Durable, FlagOp, Flags, MailboxError, MessageMeta, SystemFlags,
     UserMailboxes, HIERARCHY_DELIMITER,
 };
-use crate::pop3::sasl::parse_plain;
+use crate::sasl::{authzid_permitted, parse_plain};
 
 /// The autologout timer: at least 30 minutes of inactivity (RFC 3501
 /// 5.4). It also bounds an IDLE, which clients re-issue every 29 minutes
@@ -951,15 +951,13 @@ impl ImapSession {
         let Some(name) = user else {
             return self.login_failed(tag);
         };
-        if let Some(authzid) = authzid.filter(|z| !z.is_empty()) {
-            if authzid != login && authzid != name {
-                metrics::counter!("tern_imap_logins_total", "result" => "failed").increment(1);
-                return no(
-                    tag,
-                    Some(&ResponseCode::AuthorizationFailed),
-                    "Not authorized to act as that identity",
-                );
-            }
+        if !authzid_permitted(authzid.unwrap_or_default(), login, &name) {
+            metrics::counter!("tern_imap_logins_total", "result" => "failed").increment(1);
+            return no(
+                tag,
+                Some(&ResponseCode::AuthorizationFailed),
+                "Not authorized to act as that identity",
+            );
         }
         let mailboxes = match self.backend.mailboxes(&name) {
             Ok(mailboxes) => mailboxes,

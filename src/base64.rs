@@ -1,8 +1,9 @@
-//! Standard BASE64 decoding (RFC 4648 4) of SASL responses: the AUTHENTICATE
-//! initial response (RFC 4959) and continuation lines (RFC 3501 6.2.2).
+//! Standard BASE64 decoding (RFC 4648 4), shared by every SASL exchange
+//! (SMTP AUTH, POP3 AUTH, IMAP AUTHENTICATE) and IMAP's BINARY decoding.
 //!
-//! Strict: padding required, no whitespace, zero pad bits, so one response
-//! has one encoding. Must never panic on any input.
+//! Strict: padding required, no whitespace, zero pad bits, so one text
+//! has one encoding. Must never panic on any input, and never allocate
+//! beyond the size of its input.
 
 /// Decodes `text`, or None if it is not canonical BASE64.
 pub fn decode(text: &[u8]) -> Option<Vec<u8>> {
@@ -63,12 +64,14 @@ mod tests {
             assert_eq!(decode(text.as_bytes()).unwrap(), plain.as_bytes());
         }
         assert_eq!(decode(b"AGFsaWNlAHNlY3JldA==").unwrap(), b"\0alice\0secret");
+        assert_eq!(decode(b"+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
     }
 
     #[test]
     fn rejects_non_canonical_text() {
         for bad in [
-            "Zg=", "Zg", "Z===", "Zg==Zm9v", "Zh==", "Zm9=", "Zm 9v", "Zm9v\r\n", "Zm9*",
+            "Zg=", "Zg", "Z===", "====", "Zg==Zm9v", "Zh==", "Zm9=", "Zm 9v", "Zm9v\r\n", "Zm9*",
+            "Zm9v!",
         ] {
             assert_eq!(decode(bad.as_bytes()), None, "{bad}");
         }
