@@ -263,7 +263,7 @@ fn reload(
                     None => {
                         let applied = level_filter(&config.log.level)
                             .map_err(|e| format!("{e:#}"))
-                            .and_then(|filter| set_log_level(filter));
+                            .and_then(set_log_level);
                         if let Err(e) = applied {
                             tracing::error!(error = %e, "[log] level not changed");
                         }

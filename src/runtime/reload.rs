@@ -184,7 +184,7 @@ pub fn merge_live(old: &Config, new: &Config) -> Result<Merged, String> {
     let new_table = toml::Table::try_from(new).map_err(|e| e.to_string())?;
     for key in &applied {
         let (section, name) = match key.strip_prefix('[').and_then(|k| k.split_once(']')) {
-            Some((section, name)) if name.is_empty() => match section.split_once('.') {
+            Some((section, "")) => match section.split_once('.') {
                 Some((section, table)) => (section, table),
                 None => continue,
             },
