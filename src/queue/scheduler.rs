@@ -172,22 +172,21 @@ impl Scheduler {
 
     /// Pin the selected messages this core schedules (`tern queue hold`):
     /// waiting ones move to held now, one being attempted is held when
-    /// its attempt ends. Returns how many this core knows.
-    pub fn hold(&self, selection: &Selection) -> usize {
+    /// its attempt ends. Returns those this core knows.
+    pub fn hold(&self, selection: &Selection) -> Vec<QueueId> {
         let mut q = self.queues.borrow_mut();
         let mut known: Vec<QueueId> = q.held.iter().copied().collect();
         known.extend(q.active.iter().copied());
         known.extend(q.ready.iter().copied());
         known.extend(q.deferred.iter().map(|Reverse((_, id))| *id));
-        let mut count = 0;
-        for id in known.into_iter().filter(|id| selection.has(id)) {
-            q.pinned.insert(id);
-            count += 1;
-            if q.unqueue(&id) && q.held.insert(id) {
+        known.retain(|id| selection.has(id));
+        for id in &known {
+            q.pinned.insert(*id);
+            if q.unqueue(id) && q.held.insert(*id) {
                 gauge("held", 1.0);
             }
         }
-        count
+        known
     }
 
     /// Pin messages recovered at start from the hold list, before they
@@ -197,8 +196,8 @@ impl Scheduler {
     }
 
     /// Let the selected held messages go (their pins too, so one being
-    /// attempted is not held again); returns how many.
-    pub fn release(&self, selection: &Selection) -> usize {
+    /// attempted is not held again); returns them.
+    pub fn release(&self, selection: &Selection) -> Vec<QueueId> {
         let mut q = self.queues.borrow_mut();
         let released: Vec<QueueId> = q
             .held
@@ -206,7 +205,6 @@ impl Scheduler {
             .copied()
             .filter(|id| selection.has(id))
             .collect();
-        let mut count = released.len();
         for id in &released {
             q.held.remove(id);
             q.pinned.remove(id);
@@ -220,18 +218,17 @@ impl Scheduler {
         for id in &unpinned {
             q.pinned.remove(id);
         }
-        count += unpinned.len();
         gauge("held", -(released.len() as f64));
         gauge("ready", released.len() as f64);
-        q.ready.extend(released);
+        q.ready.extend(released.iter().copied());
         self.wake.notify_one();
-        count
+        released.into_iter().chain(unpinned).collect()
     }
 
     /// The selected waiting messages become due now, their recipients not
     /// yet due included (`tern queue flush`); held ones stay held.
-    /// Returns how many.
-    pub fn flush(&self, selection: &Selection) -> usize {
+    /// Returns them.
+    pub fn flush(&self, selection: &Selection) -> Vec<QueueId> {
         let mut q = self.queues.borrow_mut();
         let mut moved = Vec::new();
         let deferred = std::mem::take(&mut q.deferred);
@@ -250,11 +247,10 @@ impl Scheduler {
             .copied()
             .filter(|id| selection.has(id))
             .collect();
-        let count = moved.len() + already_ready.len();
         q.forced.extend(moved.iter().chain(&already_ready));
-        q.ready.extend(moved);
+        q.ready.extend(moved.iter().copied());
         self.wake.notify_one();
-        count
+        moved.into_iter().chain(already_ready).collect()
     }
 
     /// Whether the attempt about to start for `id` was flushed (and so
@@ -387,7 +383,7 @@ mod tests {
         s.submit(id(1));
         s.submit(id(2));
         assert_eq!(s.next_due(u64::MAX), None);
-        assert_eq!(s.release(&Selection::All), 2);
+        assert_eq!(s.release(&Selection::All).len(), 2);
         assert_eq!(s.next_due(0), Some(id(1)));
         assert_eq!(s.next_due(0), Some(id(2)));
         // A released message that failed keeps its schedule.
@@ -403,7 +399,7 @@ mod tests {
         let s = Scheduler::new(false);
         s.defer(id(1), 5_000);
         s.defer(id(2), 9_000);
-        assert_eq!(s.flush(&Selection::All), 2);
+        assert_eq!(s.flush(&Selection::All).len(), 2);
         assert_eq!(s.next_due(0), Some(id(1)));
         assert_eq!(s.next_due(0), Some(id(2)));
     }
@@ -431,12 +427,12 @@ mod tests {
         let s = Scheduler::new(false);
         s.defer(id(1), 5_000);
         s.defer(id(2), 9_000);
-        assert_eq!(s.flush(&only(&[2])), 1);
+        assert_eq!(s.flush(&only(&[2])).len(), 1);
         assert_eq!(s.next_due(0), Some(id(2)));
         assert!(s.take_forced(&id(2)));
         assert!(!s.take_forced(&id(2)), "asking clears the mark");
         assert_eq!(s.next_due(0), None);
-        assert_eq!(s.flush(&only(&[7])), 0);
+        assert_eq!(s.flush(&only(&[7])).len(), 0);
     }
 
     #[test]
@@ -447,17 +443,17 @@ mod tests {
         s.defer(id(3), 100);
         assert_eq!(s.next_due(0), Some(id(1)));
         // id(1) is being attempted, id(2) waits, id(3) is deferred.
-        assert_eq!(s.hold(&only(&[1, 2, 3, 9])), 3);
+        assert_eq!(s.hold(&only(&[1, 2, 3, 9])).len(), 3);
         assert_eq!(s.next_due(u64::MAX), None);
         // The attempt under way ends with a retry: the message is held.
         s.defer(id(1), 50);
         s.finished(&id(1));
         assert_eq!(s.next_due(u64::MAX), None);
         // A flush does not override a hold.
-        assert_eq!(s.flush(&Selection::All), 0);
-        assert_eq!(s.release(&only(&[2])), 1);
+        assert_eq!(s.flush(&Selection::All).len(), 0);
+        assert_eq!(s.release(&only(&[2])).len(), 1);
         assert_eq!(s.next_due(0), Some(id(2)));
-        assert_eq!(s.release(&Selection::All), 2);
+        assert_eq!(s.release(&Selection::All).len(), 2);
         assert_eq!(s.next_due(0), Some(id(1)));
         assert_eq!(s.next_due(0), Some(id(3)));
     }

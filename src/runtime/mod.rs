@@ -845,14 +845,20 @@ async fn serve_admin<C: Connector + 'static>(
     delivery: Rc<Relay<C>>,
 ) {
     while let Some(request) = requests.recv().await {
-        let done = |done| delivery::OperatorOutcome {
-            done,
-            ..Default::default()
+        // One log line per message, so that `grep queue_id=` follows it.
+        let done = |ids: Vec<QueueId>, what: &str| {
+            for id in &ids {
+                info!(queue_id = %id, "{what} by the operator");
+            }
+            delivery::OperatorOutcome {
+                done: ids.len(),
+                ..Default::default()
+            }
         };
         let outcome = match &*request.order {
-            CoreOrder::Flush(selection) => done(scheduler.flush(selection)),
-            CoreOrder::Hold(selection) => done(scheduler.hold(selection)),
-            CoreOrder::Release(selection) => done(scheduler.release(selection)),
+            CoreOrder::Flush(selection) => done(scheduler.flush(selection), "flushed"),
+            CoreOrder::Hold(selection) => done(scheduler.hold(selection), "held"),
+            CoreOrder::Release(selection) => done(scheduler.release(selection), "released"),
             CoreOrder::Finish { ids, domain, how } => {
                 delivery
                     .finish_by_operator(ids, domain.as_deref(), *how)
