@@ -1,7 +1,8 @@
 //! Every `tern queue` verb through the CLI against a live server (a real
 //! `tern` process): list, show, summary, flush by ID, by domain and all,
-//! hold and release (a hold survives a restart), delete (no DSN; refused
-//! while the message is being delivered) and bounce (a DSN arrives).
+//! hold and release by ID, by domain and all (a hold survives a restart),
+//! delete (no DSN; refused while the message is being delivered) and
+//! bounce (a DSN arrives).
 //!
 //! Mail leaves through static routes to sinks on 127.0.0.1, so no DNS
 //! query is made; every wait is bounded.
@@ -297,6 +298,34 @@ fn every_queue_verb_against_a_live_server() {
     assert!(err.contains("being delivered right now"), "{err}");
     slow.wait_for_messages(1, PROMPT);
     assert!(wait_for(PROMPT, || listed(&config, &busy).is_none()));
+
+    // hold and release without a target: every queued message.
+    let first = submit(smtp, &["h1@c.test"], "hold all one");
+    let second = submit(smtp, &["h2@c.test"], "hold all two");
+    for id in [&first, &second] {
+        assert!(wait_for(PROMPT, || {
+            listed(&config, id).is_some_and(|m| m["recipients"][0]["state"] == "deferred")
+        }));
+    }
+    queue_until(&config, &["hold"], "held 2 messages");
+    assert_eq!(queue_ok(&config, &["flush"]).trim(), "flushed 0 messages");
+    let tries = tempfail.commands_like("RCPT", "@c.test").len();
+    assert_eq!(
+        queue_ok(&config, &["release"]).trim(),
+        "released 2 messages"
+    );
+    std::thread::sleep(QUIET);
+    assert_eq!(
+        tempfail.commands_like("RCPT", "@c.test").len(),
+        tries,
+        "released messages keep their retry time (1 h away)"
+    );
+    queue_until(
+        &config,
+        &["delete", "--domain", "c.test"],
+        "deleted 2 messages",
+    );
+    assert!(queue_list_json(&config).as_array().unwrap().is_empty());
     stop(server);
 }
 
