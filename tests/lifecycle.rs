@@ -5,6 +5,9 @@
 //! SIGTERM: idle sessions get 421, a session in the middle of DATA may
 //! finish, every acknowledged message is in the spool, and tern exits 0.
 //!
+//! The same reload in process (`ServerHandle::reload`) swaps the
+//! certificate of the implicit-TLS POP3 and IMAP listeners too.
+//!
 //! TLS uses certificates from CAs made at test time; every wait is bounded.
 
 mod common;
@@ -182,6 +185,72 @@ fn sighup_swaps_the_certificate_and_keeps_open_sessions() {
     let (code, text) = send_over(&mut old, "four@old.example");
     assert_eq!(code, 250, "{text}");
     assert_eq!(queue_list_json(&config).as_array().unwrap().len(), 4);
+}
+
+/// The certificate an implicit-TLS listener at `addr` presents, and the
+/// first line it sends after the handshake.
+fn implicit_tls(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> (Vec<u8>, String) {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(Arc::clone(config), name).unwrap();
+    let mut stream = StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    let cert = stream.conn.peer_certificates().unwrap()[0].to_vec();
+    let mut greeting = String::new();
+    BufReader::new(stream).read_line(&mut greeting).unwrap();
+    (cert, greeting)
+}
+
+#[test]
+fn reload_swaps_the_certificate_of_pop3s_and_imaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let (ca_a, cert_a, key_a) = make_test_ca_for(&a, &["localhost"]);
+    let (ca_b, cert_b, key_b) = make_test_ca_for(&b, &["localhost"]);
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let (config, path) = config_file(
+        dir.path(),
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [pop3]\ntls_listen = [\"127.0.0.1:0\"]\n[imap]\ntls_listen = [\"127.0.0.1:0\"]\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let mut server = tern::runtime::start(&config).unwrap();
+    let client = client_config(&[&ca_a, &ca_b]);
+    let pop3s = server.pop3_tls_addrs[0];
+    let imaps = server.imap_tls_addrs[0];
+    let (seen, greeting) = implicit_tls(pop3s, &client);
+    assert_eq!(seen, leaf_der(&cert_a));
+    assert!(greeting.starts_with("+OK"), "{greeting}");
+
+    std::fs::copy(&cert_b, &cert).unwrap();
+    std::fs::copy(&key_b, &key).unwrap();
+    let source = tern::config::Source::File(path.clone());
+    let report = server.reload(&config, &source).unwrap();
+    assert!(report.applied.is_empty() && report.restart_needed.is_empty());
+    let (seen, greeting) = implicit_tls(pop3s, &client);
+    assert_eq!(seen, leaf_der(&cert_b), "POP3S: {greeting}");
+    let (seen, greeting) = implicit_tls(imaps, &client);
+    assert_eq!(seen, leaf_der(&cert_b), "IMAPS: {greeting}");
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+
+    // A key that does not match the certificate: refused, B stays.
+    std::fs::copy(&key_a, &key).unwrap();
+    let err = server.reload(&config, &source).unwrap_err().to_string();
+    assert!(err.contains("[tls]"), "{err}");
+    let (seen, _) = implicit_tls(imaps, &client);
+    assert_eq!(seen, leaf_der(&cert_b));
+    server.shutdown();
 }
 
 #[test]
