@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tern::config::{Config, LogFormat, Source};
 use tern::runtime::admin::{send_command, AdminCommand};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(name = "tern", version, about = "High-throughput durable SMTP relay")]
@@ -29,8 +30,9 @@ enum Command {
     Run,
     /// Validate the configuration and exit: 0 when it is usable.
     CheckConfig,
-    /// Inspect the queue (list/show read the spool folder; safe while tern
-    /// runs) or steer the running server (release/flush).
+    /// Inspect the queue (list, show and summary read the spool folder,
+    /// safe while tern runs) or steer the running server over its admin
+    /// socket (flush, hold, release, delete, bounce).
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -101,16 +103,66 @@ enum QueueCommand {
         #[arg(long)]
         domain: Option<String>,
     },
-    /// Envelope, recipient states and the message bytes of one message.
+    /// Envelope, hold, per-recipient state and last error, then the
+    /// message (headers and body); --json: the same with parsed headers
+    /// and without the body.
     Show {
         /// Queue ID as printed by `queue list` and in the 250 reply.
         id: String,
+        #[arg(long)]
+        json: bool,
     },
-    /// Let the running server deliver every message held by `[relay] hold`
-    /// (new mail stays held while hold is on).
-    Release,
-    /// Make the running server retry every deferred message now.
-    Flush,
+    /// Recipients still to deliver, by domain and age (like qshape).
+    Summary {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry now, recipients not yet due included: every deferred
+    /// message, one message, or those with a recipient in a domain.
+    Flush(Target),
+    /// Keep messages from delivery until `release`, across restarts: every
+    /// queued message, one, or those with a recipient waiting in a domain.
+    Hold(Target),
+    /// Let held messages go (those held by `hold` and by `[relay] hold`);
+    /// new mail stays held while `[relay] hold` is on.
+    Release(Target),
+    /// Make the waiting recipients final without delivery and without a
+    /// DSN (with --domain: only the recipients in that domain).
+    Delete(RequiredTarget),
+    /// Return the waiting recipients to the sender with a DSN, as an
+    /// expiry would (with --domain: only the recipients in that domain).
+    Bounce(RequiredTarget),
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// One message, by queue ID; neither ID nor --domain: all.
+    #[arg(conflicts_with = "domain")]
+    id: Option<String>,
+    /// Messages with a recipient in this domain (".example.org": its
+    /// subdomains).
+    #[arg(long)]
+    domain: Option<String>,
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct RequiredTarget {
+    /// One message, by queue ID.
+    id: Option<String>,
+    /// Messages with a recipient in this domain (".example.org": its
+    /// subdomains).
+    #[arg(long)]
+    domain: Option<String>,
+}
+
+/// The admin protocol's command line for `verb` on a target.
+fn admin_line(verb: &str, id: Option<&str>, domain: Option<&str>) -> String {
+    match (id, domain) {
+        (Some(id), _) => format!("{verb} {id}"),
+        (None, Some(domain)) => format!("{verb} --domain {domain}"),
+        (None, None) => verb.to_string(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -134,45 +186,108 @@ fn load(path: Option<&Path>) -> Result<(Config, Source)> {
     Ok(Config::load(path)?)
 }
 
-fn init_logging(config: &Config) -> Result<()> {
-    use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::try_new(&v).context("RUST_LOG")?,
-        _ => EnvFilter::try_new(&config.log.level)
-            .with_context(|| format!("[log] level = {:?}", config.log.level))?,
+/// Replaces the log filter of the running logger (`[log] level` on reload).
+type SetLogLevel = Box<dyn Fn(EnvFilter) -> Result<(), String>>;
+
+/// Whether RUST_LOG sets the filter (then `[log] level` is not used).
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty())
+}
+
+fn level_filter(level: &str) -> Result<EnvFilter> {
+    EnvFilter::try_new(level).with_context(|| format!("[log] level = {level:?}"))
+}
+
+fn init_logging(config: &Config) -> Result<SetLogLevel> {
+    let filter = match rust_log() {
+        Some(v) => EnvFilter::try_new(&v).context("RUST_LOG")?,
+        None => level_filter(&config.log.level)?,
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour only on a terminal: logs sent to files and journald stay greppable.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match config.log.format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
+    Ok(match config.log.format {
+        LogFormat::Human => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string()))
+        }
+    })
 }
 
 fn run(path: Option<&Path>) -> Result<()> {
     let (config, source) = load(path)?;
-    init_logging(&config)?;
+    let set_log_level = init_logging(&config)?;
     config.check_spool_dir(&source)?;
     if let Some(addr) = config.metrics.listen {
         tern::metrics::install(addr)
             .with_context(|| format!("{source}: [metrics] listen = {addr}"))?;
     }
     tracing::info!(config = %source, version = env!("CARGO_PKG_VERSION"), "tern starting");
-    let server = tern::runtime::start(&config).with_context(|| source.to_string())?;
-    wait_for_termination()?;
+    let mut server = tern::runtime::start(&config).with_context(|| source.to_string())?;
+    wait_for_termination(|| reload(&mut server, path, &set_log_level))?;
     tracing::info!("shutting down: no new connections, waiting for open sessions");
     server.shutdown();
     tracing::info!("tern stopped");
     Ok(())
 }
 
-/// Block until SIGTERM or SIGINT. SIGHUP is logged and ignored until config
-/// reload exists, so a closed terminal cannot kill the server.
-fn wait_for_termination() -> Result<()> {
+/// SIGHUP: read the config file again and apply what can change live;
+/// a config that fails is logged and the old one stays in force.
+fn reload(
+    server: &mut tern::runtime::ServerHandle,
+    path: Option<&Path>,
+    set_log_level: &SetLogLevel,
+) {
+    let (config, source) = match load(path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "configuration reload failed; the running configuration stays in force");
+            return;
+        }
+    };
+    match server.reload(&config, &source) {
+        Ok(report) => {
+            if report.applied.iter().any(|k| k == "[log] level") {
+                match rust_log() {
+                    Some(_) => tracing::warn!("[log] level changed, but RUST_LOG sets the filter"),
+                    None => {
+                        let applied = level_filter(&config.log.level)
+                            .map_err(|e| format!("{e:#}"))
+                            .and_then(set_log_level);
+                        if let Err(e) = applied {
+                            tracing::error!(error = %e, "[log] level not changed");
+                        }
+                    }
+                }
+            }
+            for key in &report.restart_needed {
+                tracing::warn!(setting = %key, "setting changed: it needs a restart to take effect");
+            }
+            tracing::info!(
+                config = %source,
+                applied = ?report.applied,
+                restart_needed = ?report.restart_needed,
+                "configuration reloaded"
+            );
+        }
+        Err(e) => {
+            tracing::error!(config = %source, error = %e, "configuration reload failed; the running configuration stays in force")
+        }
+    }
+}
+
+/// Block until SIGTERM or SIGINT; run `on_hangup` for every SIGHUP.
+fn wait_for_termination(mut on_hangup: impl FnMut()) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -186,7 +301,10 @@ fn wait_for_termination() -> Result<()> {
             tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM received"); break }
                 _ = int.recv() => { tracing::info!("SIGINT received"); break }
-                _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported yet; ignored"),
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    on_hangup();
+                }
             }
         }
         Ok::<(), std::io::Error>(())
@@ -211,43 +329,81 @@ fn check_config(path: Option<&Path>) -> Result<()> {
 fn queue(path: Option<&Path>, command: QueueCommand) -> Result<()> {
     let (config, _) = load(path)?;
     let dir = &config.spool.dir;
-    let admin = match command {
-        QueueCommand::Release => Some((AdminCommand::Release, "released")),
-        QueueCommand::Flush => Some((AdminCommand::Flush, "flushed")),
+    let admin = match &command {
+        QueueCommand::Flush(t) => Some(admin_line("flush", t.id.as_deref(), t.domain.as_deref())),
+        QueueCommand::Hold(t) => Some(admin_line("hold", t.id.as_deref(), t.domain.as_deref())),
+        QueueCommand::Release(t) => {
+            Some(admin_line("release", t.id.as_deref(), t.domain.as_deref()))
+        }
+        QueueCommand::Delete(t) => Some(admin_line("delete", t.id.as_deref(), t.domain.as_deref())),
+        QueueCommand::Bounce(t) => Some(admin_line("bounce", t.id.as_deref(), t.domain.as_deref())),
         _ => None,
     };
-    if let Some((command, done)) = admin {
-        let count = send_command(dir, command).map_err(anyhow::Error::msg)?;
-        println!("{done} {count} message(s)");
+    if let Some(line) = admin {
+        let command = AdminCommand::parse(&line)?;
+        let done = send_command(dir, &command).map_err(anyhow::Error::msg)?;
+        println!("{done}");
         return Ok(());
     }
     let mut messages = tern::spool::Spool::scan_readonly(dir)
         .with_context(|| format!("[spool] dir = {}", dir.display()))?;
-    if let QueueCommand::List { state, domain, .. } = &command {
-        messages.retain(|m| tern::queue_report::matches(m, state.as_deref(), domain.as_deref()));
-    }
+    let held = tern::queue::hold::HoldList::load(dir)?;
     let mut out = std::io::stdout().lock();
     match command {
-        QueueCommand::List { json: true, .. } => {
-            let list: Vec<_> = messages.iter().map(tern::queue_report::summary).collect();
-            serde_json::to_writer_pretty(&mut out, &list)?;
-            writeln!(out)?;
-        }
-        QueueCommand::List { json: false, .. } => {
-            for m in &messages {
-                writeln!(out, "{}", tern::queue_report::line(m))?;
+        QueueCommand::List {
+            json,
+            state,
+            domain,
+        } => {
+            messages
+                .retain(|m| tern::queue_report::matches(m, state.as_deref(), domain.as_deref()));
+            if json {
+                let list: Vec<_> = messages
+                    .iter()
+                    .map(|m| tern::queue_report::summary(m, held.contains(&m.id)))
+                    .collect();
+                serde_json::to_writer_pretty(&mut out, &list)?;
+                writeln!(out)?;
+            } else {
+                for m in &messages {
+                    writeln!(out, "{}", tern::queue_report::line(m, held.contains(&m.id)))?;
+                }
+                writeln!(out, "-- {} message(s) queued", messages.len())?;
             }
-            writeln!(out, "-- {} message(s) queued", messages.len())?;
         }
-        QueueCommand::Show { id } => {
+        QueueCommand::Show { id, json } => {
+            let wanted: tern::spool::QueueId = id.parse()?;
             let m = messages
                 .iter()
-                .find(|m| m.id.to_string() == id)
+                .find(|m| m.id == wanted)
                 .with_context(|| format!("no queued message with id {id}"))?;
-            out.write_all(tern::queue_report::details(m).as_bytes())?;
-            out.write_all(m.data())?;
+            if json {
+                let report = tern::queue_report::show_json(m, held.contains(&m.id));
+                serde_json::to_writer_pretty(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                out.write_all(tern::queue_report::details(m, held.contains(&m.id)).as_bytes())?;
+                out.write_all(m.data())?;
+            }
         }
-        QueueCommand::Release | QueueCommand::Flush => {}
+        QueueCommand::Summary { json } => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let shape = tern::queue_report::QueueShape::of(&messages, now_ms);
+            if json {
+                serde_json::to_writer_pretty(&mut out, &shape)?;
+                writeln!(out)?;
+            } else {
+                out.write_all(shape.table().as_bytes())?;
+            }
+        }
+        QueueCommand::Flush(_)
+        | QueueCommand::Hold(_)
+        | QueueCommand::Release(_)
+        | QueueCommand::Delete(_)
+        | QueueCommand::Bounce(_) => {}
     }
     out.flush()?;
     Ok(())

@@ -1,8 +1,12 @@
 //! How `tern queue` prints messages: one line for `list`, a JSON object for
-//! `list --json`, a header block for `show`. Shared by the CLI and tests.
+//! `list --json`, a header block for `show`, a domains-by-age table for
+//! `summary` (like Postfix's qshape). Shared by the CLI, the admin socket
+//! (domain matching) and tests.
 //!
-//! This module only formats; it must never read or change the spool.
+//! This module only formats what it is given; it must never read or
+//! change the spool, nor read the clock (callers pass `now_ms`).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -34,6 +38,8 @@ pub struct MessageReport<'a> {
     pub tls: bool,
     /// The user who submitted it with SMTP AUTH; null otherwise.
     pub auth: Option<&'a str>,
+    /// On the hold list (`tern queue hold`).
+    pub held: bool,
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -63,10 +69,23 @@ fn state_parts(state: &RecipientState) -> (&'static str, Option<String>) {
 /// Every state name `queue list --state` accepts.
 pub const STATE_NAMES: [&str; 5] = ["pending", "deferred", "delivered", "bounced", "in_mailbox"];
 
+/// Whether `address` is in `domain` (case-insensitive; a leading dot
+/// means its subdomains).
+pub fn recipient_in_domain(address: &str, domain: &str) -> bool {
+    let Some((_, rcpt_domain)) = address.rsplit_once('@') else {
+        return false;
+    };
+    let rcpt_domain = rcpt_domain.trim_end_matches('.').to_ascii_lowercase();
+    let wanted = domain.trim_end_matches('.').to_ascii_lowercase();
+    match wanted.strip_prefix('.') {
+        Some(parent) => rcpt_domain.ends_with(&format!(".{parent}")),
+        None => rcpt_domain == wanted,
+    }
+}
+
 /// Whether one recipient of `m` is in `state` (when given) and in `domain`
 /// (when given; case-insensitive, a leading dot means subdomains too).
 pub fn matches(m: &MessageView, state: Option<&str>, domain: Option<&str>) -> bool {
-    let domain = domain.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
     m.envelope.recipients.iter().enumerate().any(|(i, r)| {
         let in_state = state.is_none_or(|wanted| {
             let (name, _) = m
@@ -76,21 +95,12 @@ pub fn matches(m: &MessageView, state: Option<&str>, domain: Option<&str>) -> bo
                 .unwrap_or(("pending", None));
             name == wanted
         });
-        let in_domain = domain.as_deref().is_none_or(|wanted| {
-            let Some((_, rcpt_domain)) = r.address.rsplit_once('@') else {
-                return false;
-            };
-            let rcpt_domain = rcpt_domain.trim_end_matches('.').to_ascii_lowercase();
-            match wanted.strip_prefix('.') {
-                Some(parent) => rcpt_domain.ends_with(&format!(".{parent}")),
-                None => rcpt_domain == wanted,
-            }
-        });
+        let in_domain = domain.is_none_or(|wanted| recipient_in_domain(&r.address, wanted));
         in_state && in_domain
     })
 }
 
-pub fn summary(m: &MessageView) -> MessageReport<'_> {
+pub fn summary(m: &MessageView, held: bool) -> MessageReport<'_> {
     let recipients = m
         .envelope
         .recipients
@@ -120,6 +130,7 @@ pub fn summary(m: &MessageView) -> MessageReport<'_> {
         helo: &m.envelope.client.helo,
         tls: m.envelope.client.tls,
         auth: m.envelope.client.auth.as_deref(),
+        held,
     }
 }
 
@@ -131,12 +142,14 @@ fn sender_text(sender: &str) -> &str {
     }
 }
 
-/// `ID  SIZE  ARRIVAL  SENDER -> rcpt (state), ...`
-pub fn line(m: &MessageView) -> String {
-    let report = summary(m);
+/// `ID[!]  SIZE  ARRIVAL  SENDER -> rcpt (state), ...`; `!` marks a
+/// held message (as `mailq` does).
+pub fn line(m: &MessageView, held: bool) -> String {
+    let report = summary(m, held);
     let mut out = format!(
-        "{}  {:>9}  {}  {} ->",
+        "{}{}  {:>9}  {}  {} ->",
         report.id,
+        if held { "!" } else { " " },
         report.size,
         report.arrival,
         sender_text(report.sender)
@@ -149,11 +162,14 @@ pub fn line(m: &MessageView) -> String {
 }
 
 /// Header block printed by `queue show` before the message bytes.
-pub fn details(m: &MessageView) -> String {
-    let report = summary(m);
+pub fn details(m: &MessageView, held: bool) -> String {
+    let report = summary(m, held);
     let e = &m.envelope;
     let mut out = String::new();
     let _ = writeln!(out, "*** ENVELOPE {} ***", report.id);
+    if held {
+        let _ = writeln!(out, "held: yes (tern queue release {})", report.id);
+    }
     let _ = writeln!(out, "arrival: {}", report.arrival);
     let _ = writeln!(out, "size: {}", report.size);
     let _ = writeln!(out, "sender: {}", sender_text(&e.sender));
@@ -185,4 +201,133 @@ pub fn details(m: &MessageView) -> String {
     }
     let _ = writeln!(out, "*** MESSAGE ***");
     out
+}
+
+/// `queue show --json`: the list entry, the envelope options and the
+/// message's header fields in order (decoded where RFC 2047 applies).
+#[derive(Debug, Serialize)]
+pub struct ShowReport<'a> {
+    #[serde(flatten)]
+    pub message: MessageReport<'a>,
+    pub body: String,
+    pub smtputf8: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envid: Option<&'a str>,
+    pub headers: Vec<(String, String)>,
+}
+
+pub fn show_json(m: &MessageView, held: bool) -> ShowReport<'_> {
+    let headers = mail_parser::MessageParser::new()
+        .parse_headers(m.data())
+        .map(|parsed| {
+            parsed
+                .headers_raw()
+                .map(|(name, value)| (name.to_string(), value.trim().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    ShowReport {
+        message: summary(m, held),
+        body: format!("{:?}", m.envelope.body),
+        smtputf8: m.envelope.smtputf8,
+        envid: m.envelope.envid.as_deref(),
+        headers,
+    }
+}
+
+/// Upper bounds of `summary`'s age buckets in minutes, as qshape's
+/// default; the last column counts everything older.
+pub const AGE_BUCKETS_MIN: [u64; 10] = [5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560];
+
+/// One row of `summary`: recipients still to deliver in one domain.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct DomainShape {
+    pub domain: String,
+    pub total: usize,
+    /// Counts per age bucket (`AGE_BUCKETS_MIN`, then older).
+    pub by_age: Vec<usize>,
+}
+
+/// `queue summary`: pending and deferred recipients by domain and age,
+/// the busiest domains first, with a total row.
+#[derive(Debug, Serialize)]
+pub struct QueueShape {
+    pub buckets_min: Vec<u64>,
+    pub total: DomainShape,
+    pub domains: Vec<DomainShape>,
+}
+
+impl QueueShape {
+    pub fn of(messages: &[MessageView], now_ms: u64) -> QueueShape {
+        let columns = AGE_BUCKETS_MIN.len() + 1;
+        let empty = |domain: &str| DomainShape {
+            domain: domain.to_string(),
+            total: 0,
+            by_age: vec![0; columns],
+        };
+        let mut total = empty("TOTAL");
+        let mut rows: BTreeMap<String, DomainShape> = BTreeMap::new();
+        for m in messages {
+            let age_min = now_ms.saturating_sub(m.envelope.received_at_ms) / 60_000;
+            let bucket = AGE_BUCKETS_MIN
+                .iter()
+                .position(|limit| age_min < *limit)
+                .unwrap_or(AGE_BUCKETS_MIN.len());
+            for (i, r) in m.envelope.recipients.iter().enumerate() {
+                let waiting = matches!(
+                    m.states.get(i),
+                    None | Some(RecipientState::Pending | RecipientState::Deferred { .. })
+                );
+                if !waiting {
+                    continue;
+                }
+                let domain = r
+                    .address
+                    .rsplit_once('@')
+                    .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+                    .unwrap_or_default();
+                let row = rows.entry(domain.clone()).or_insert_with(|| empty(&domain));
+                for shape in [row, &mut total] {
+                    shape.total += 1;
+                    shape.by_age[bucket] += 1;
+                }
+            }
+        }
+        let mut domains: Vec<DomainShape> = rows.into_values().collect();
+        domains.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.domain.cmp(&b.domain)));
+        QueueShape {
+            buckets_min: AGE_BUCKETS_MIN.to_vec(),
+            total,
+            domains,
+        }
+    }
+
+    /// qshape's layout: a column per age bucket (its upper bound in
+    /// minutes), a row per domain.
+    pub fn table(&self) -> String {
+        let width = self
+            .domains
+            .iter()
+            .map(|d| d.domain.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        let mut out = format!("{:>width$} {:>6}", "", "T");
+        for limit in &self.buckets_min {
+            let _ = write!(out, " {limit:>5}");
+        }
+        let _ = writeln!(
+            out,
+            " {:>5}",
+            format!("{}+", self.buckets_min.last().unwrap_or(&0))
+        );
+        for row in std::iter::once(&self.total).chain(&self.domains) {
+            let _ = write!(out, "{:>width$} {:>6}", row.domain, row.total);
+            for count in &row.by_age {
+                let _ = write!(out, " {count:>5}");
+            }
+            let _ = writeln!(out);
+        }
+        out
+    }
 }

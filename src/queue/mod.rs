@@ -5,6 +5,7 @@
 //! its own.
 
 pub mod dsn;
+pub mod hold;
 pub mod retry;
 pub mod scheduler;
 pub mod settle;

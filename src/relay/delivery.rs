@@ -9,7 +9,7 @@
 //! repeats the attempt, it never loses the bounce), and never send a DSN
 //! for a message from the null sender (build_dsn refuses).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -38,6 +38,9 @@ use crate::smtp::reply::class_label;
 use crate::spool::{MessageView, QueueId, RecipientState, Spool, SpoolError, SpoolWriter};
 use crate::users::UsersHandle;
 
+mod operator;
+pub use operator::{Finish, OperatorOutcome};
+
 /// A configured next hop's addresses are looked up again after this.
 const NEXT_HOP_ADDRESS_TTL: Duration = Duration::from_secs(60);
 
@@ -47,8 +50,10 @@ pub const ATTEMPT_RESULTS: [&str; 3] = ["delivered", "deferred", "bounced"];
 /// Everything one core's delivery worker is configured with.
 pub struct RelaySettings {
     pub hostname: String,
-    pub routes: Rc<RouteTable>,
-    pub retry: RetryPolicy,
+    /// Replaced by a configuration reload (`Relay::reload`).
+    pub routes: RefCell<Rc<RouteTable>>,
+    /// Replaced by a configuration reload (`Relay::reload`).
+    pub retry: Cell<RetryPolicy>,
     pub connect_timeout: Duration,
     /// STARTTLS without certificate checks (opportunistic, required).
     pub tls_any: Arc<rustls::ClientConfig>,
@@ -175,6 +180,13 @@ impl<C: Connector + 'static> Relay<C> {
         }
     }
 
+    /// New routes and retry times from a configuration reload; attempts
+    /// under way finish with the ones they started with.
+    pub fn reload(&self, routes: Rc<RouteTable>, retry: RetryPolicy) {
+        *self.settings.routes.borrow_mut() = routes;
+        self.settings.retry.set(retry);
+    }
+
     /// Start attempts as messages fall due, until shutdown.
     pub async fn run(self: Rc<Self>, mut shutdown: watch::Receiver<bool>) {
         tokio::task::spawn_local(Rc::clone(&self.pool).reap());
@@ -189,7 +201,7 @@ impl<C: Connector + 'static> Relay<C> {
                     if let Some(due_ms) = relay.attempt(id).await {
                         relay.scheduler.defer(id, due_ms);
                     }
-                    relay.scheduler.finished();
+                    relay.scheduler.finished(&id);
                 });
             }
             let wait = self
@@ -214,30 +226,33 @@ impl<C: Connector + 'static> Relay<C> {
     /// message should be tried again, None when nothing is left to try
     /// here (delivered, bounced, or waiting for local delivery).
     async fn attempt(self: &Rc<Self>, id: QueueId) -> Option<u64> {
+        // A flushed message tries its recipients not yet due as well.
+        let forced = self.scheduler.take_forced(&id);
         let view = match self.spool.read(&id) {
             Ok(view) => Rc::new(view),
             // Final in the meantime (or never live): nothing to do.
             Err(SpoolError::NotFound(_)) => return None,
             Err(e) => {
                 warn!(queue_id = %id, error = %e, "cannot read queued message; will retry");
-                return Some(now_ms() + self.settings.retry.first_retry.as_millis() as u64);
+                return Some(now_ms() + self.settings.retry.get().first_retry.as_millis() as u64);
             }
         };
         let now = now_ms();
+        let routes = Rc::clone(&self.settings.routes.borrow());
         let mut groups: BTreeMap<GroupKey, Vec<usize>> = BTreeMap::new();
         let mut local: Vec<usize> = Vec::new();
         let mut later: Option<u64> = None;
         for (index, recipient) in view.envelope.recipients.iter().enumerate() {
             match view.states.get(index) {
                 Some(RecipientState::Pending) => {}
-                Some(RecipientState::Deferred { until_ms, .. }) if *until_ms <= now => {}
+                Some(RecipientState::Deferred { until_ms, .. }) if *until_ms <= now || forced => {}
                 Some(RecipientState::Deferred { until_ms, .. }) => {
                     later = Some(later.map_or(*until_ms, |l| l.min(*until_ms)));
                     continue;
                 }
                 _ => continue,
             }
-            let key = match self.settings.routes.hop_for(&recipient.address) {
+            let key = match routes.hop_for(&recipient.address) {
                 Hop::Local => {
                     local.push(index);
                     continue;
@@ -375,7 +390,7 @@ impl<C: Connector + 'static> Relay<C> {
             let (state, report) = settle(
                 &previous,
                 outcome,
-                &self.settings.retry,
+                &self.settings.retry.get(),
                 envelope.received_at_ms,
                 now,
             );
@@ -390,7 +405,7 @@ impl<C: Connector + 'static> Relay<C> {
                 // Without a durable DSN the bounce must not be final: try
                 // the recipients again later, which bounces them again.
                 warn!(queue_id = %id, error = %e, "cannot queue the DSN; bounce postponed");
-                let retry_at = now + self.settings.retry.first_retry.as_millis() as u64;
+                let retry_at = now + self.settings.retry.get().first_retry.as_millis() as u64;
                 for (index, state) in updates.iter_mut() {
                     if let RecipientState::Bounced { reason } = state {
                         if bounces.iter().any(|(i, _)| i == index) {

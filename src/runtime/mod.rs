@@ -14,6 +14,7 @@ pub mod mailbox_append;
 pub mod outbound;
 pub mod pop3_backend;
 pub mod pop3_conn;
+pub mod reload;
 pub mod session_io;
 pub mod smtp_conn;
 pub mod tls;
@@ -29,11 +30,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, IoMode, OutboundTls};
-use crate::imap::ImapConfig;
+use crate::config::{Config, IoMode, Source};
 use crate::mailbox::MailboxStore;
-use crate::pop3::{Pop3Config, AUTOLOGOUT_MIN};
-use crate::queue::retry::RetryPolicy;
+use crate::queue::hold::HoldList;
 use crate::queue::scheduler::Scheduler;
 use crate::relay::connection::Connector;
 use crate::relay::delivery::{self, Relay, RelaySettings};
@@ -41,11 +40,10 @@ use crate::relay::dns::{DnsConfig, MxResolver};
 use crate::relay::pool::ConnectionPool;
 use crate::relay::recipient_check::RecipientCheck;
 use crate::relay::routing::RouteTable;
-use crate::smtp::{RelayAccess, SessionConfig, SubmissionPolicy};
 use crate::spool::SpoolWriter;
 use crate::spool::{QueueId, RecipientState, Spool, SpoolConfig, SpoolError};
 use crate::users::UsersHandle;
-use admin::{AdminCommand, AdminRequest, AdminSocket};
+use admin::{AdminRequest, AdminSocket, CoreOrder};
 use auth_throttle::AuthThrottle;
 use imap_backend::ImapStores;
 use imap_conn::ImapContext;
@@ -53,6 +51,7 @@ use listener::{Acceptor, BoundAddress, ListenerKind};
 use outbound::{CertCheck, TokioConnector, UringConnector};
 use pop3_backend::{MaildropLocks, Pop3Stores};
 use pop3_conn::Pop3Context;
+use reload::LiveSettings;
 use smtp_conn::CoreContext;
 
 /// Folder of the mailbox journals inside the spool directory.
@@ -61,6 +60,8 @@ const MAILBOX_DIR: &str = "mailboxes";
 const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per query (hickory's default), across the configured servers.
 const DNS_QUERY_ATTEMPTS: usize = 2;
+/// How long a reload waits for each core to take the new settings.
+const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The I/O driver a server runs on, after `auto` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +116,34 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("hold list: {0}")]
+    Hold(#[from] crate::queue::hold::HoldError),
+}
+
+/// Why a reload was refused (the old configuration stays in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Settings(#[from] StartError),
+    #[error("{0}")]
+    Merge(String),
+    #[error("core {0} did not take the new settings (shutting down?)")]
+    Core(usize),
+}
+
+/// What a reload changed, by setting name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub applied: Vec<String>,
+    pub restart_needed: Vec<String>,
+}
+
+/// New settings for one core, and where it says it has them.
+struct Reload {
+    settings: Arc<LiveSettings>,
+    done: mpsc::Sender<()>,
 }
 
 /// A running server. Dropping it does not stop it; call `shutdown`.
@@ -133,9 +162,50 @@ pub struct ServerHandle {
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     admin: Option<AdminSocket>,
+    reloads: Vec<tokio::sync::mpsc::UnboundedSender<Reload>>,
+    /// The configuration in force (start-up's, plus reloaded settings).
+    config: Config,
+    /// Whether `verify` trust anchors were loaded at start.
+    verify_loaded: bool,
 }
 
 impl ServerHandle {
+    /// Apply the live settings of `new` (read from `source`) on every
+    /// core; new connections and attempts use them, open sessions keep
+    /// theirs. Nothing changes when this fails.
+    pub fn reload(&mut self, new: &Config, source: &Source) -> Result<ReloadReport, ReloadError> {
+        let merged = reload::merge_live(&self.config, new).map_err(ReloadError::Merge)?;
+        merged.config.validate(source)?;
+        if reload::verify_wanted(&merged.config.relay) && !self.verify_loaded {
+            return Err(ReloadError::Settings(StartError::Setting {
+                key: "[relay.routes]",
+                message: "tls = \"verify\" was not in use at start: it needs a restart".into(),
+            }));
+        }
+        let settings = Arc::new(LiveSettings::from_config(&merged.config)?);
+        let (done, acks) = mpsc::channel();
+        for (core, sender) in self.reloads.iter().enumerate() {
+            let reload = Reload {
+                settings: Arc::clone(&settings),
+                done: done.clone(),
+            };
+            if sender.send(reload).is_err() {
+                return Err(ReloadError::Core(core));
+            }
+        }
+        drop(done);
+        for core in 0..self.reloads.len() {
+            if acks.recv_timeout(RELOAD_ACK_TIMEOUT).is_err() {
+                return Err(ReloadError::Core(core));
+            }
+        }
+        self.config = merged.config;
+        Ok(ReloadReport {
+            applied: merged.applied,
+            restart_needed: merged.restart_needed,
+        })
+    }
+
     /// Stop accepting, let sessions finish for up to the configured
     /// shutdown timeout, then close the spool (pending syncs complete).
     pub fn shutdown(mut self) {
@@ -158,17 +228,15 @@ struct CoreSetup {
     driver: Driver,
     listeners: Vec<(ListenerKind, std::net::TcpListener)>,
     spool: Arc<Spool>,
-    session_config: Arc<SessionConfig>,
-    submission_config: Arc<SessionConfig>,
-    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: watch::Receiver<bool>,
     shutdown_timeout: Duration,
     ready: mpsc::Sender<Result<(), String>>,
     relay: CoreRelay,
     /// Mailbox releases to persist (core 0 only).
     releases: Option<tokio::sync::mpsc::UnboundedReceiver<(QueueId, u32)>>,
-    pop3_config: Arc<Pop3Config>,
-    imap_config: Arc<ImapConfig>,
+    /// The settings a reload can replace, as at start.
+    live: Arc<LiveSettings>,
+    reloads: tokio::sync::mpsc::UnboundedReceiver<Reload>,
     maildrop_locks: Arc<MaildropLocks>,
 }
 
@@ -177,6 +245,8 @@ struct CoreRelay {
     parts: RelayParts,
     /// Messages recovered from the spool that this core delivers.
     recovered: Vec<(QueueId, Vec<RecipientState>)>,
+    /// The recovered messages on the hold list.
+    pinned: Vec<QueueId>,
     admin: tokio::sync::mpsc::UnboundedReceiver<AdminRequest>,
 }
 
@@ -185,39 +255,13 @@ struct CoreRelay {
 pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     let cores = config.worker_count();
     let driver = Driver::from_mode(config.server.io);
-    let tls = match (&config.tls.cert, &config.tls.key) {
-        (Some(cert), Some(key)) => Some(tls::load_server_config(cert, key)?),
-        _ => None,
-    };
-    let session_config = Arc::new(SessionConfig {
-        hostname: config.hostname(),
-        max_message_size: config.smtp.max_message_size,
-        max_recipients: config.smtp.max_recipients,
-        starttls_available: tls.is_some(),
-        command_timeout: config.smtp.command_timeout,
-        data_timeout: config.smtp.data_timeout,
-        relay_access: RelayAccess::new(
-            &config.relay.mynetworks,
-            &config.relay.local_domains,
-            &config.relay.relay_domains,
-        ),
-        submission: None,
-    });
-    // The same session on submission listeners, with RFC 6409's rules.
-    let submission_config = Arc::new(SessionConfig {
-        submission: Some(SubmissionPolicy {
-            allow_plaintext_auth: config.submission.allow_plaintext_auth,
-            any_sender: config.submission.any_sender,
-        }),
-        ..SessionConfig::clone(&session_config)
-    });
     if config.submission.allow_plaintext_auth {
         warn!(
             "[submission] allow_plaintext_auth = true: submission listeners accept passwords \
              without TLS; use this for tests only"
         );
     }
-
+    let live = Arc::new(LiveSettings::from_config(config)?);
     let mut bound: Vec<BoundAddress> = Vec::new();
     for (key, kind, addrs) in [
         ("[smtp] listen", ListenerKind::Smtp, &config.smtp.listen),
@@ -263,18 +307,6 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     let pop3_tls_addrs = addrs_of(&bound, ListenerKind::Pop3Tls);
     let imap_addrs = addrs_of(&bound, ListenerKind::Imap);
     let imap_tls_addrs = addrs_of(&bound, ListenerKind::ImapTls);
-    let imap_config = Arc::new(ImapConfig {
-        hostname: config.hostname(),
-        starttls_available: tls.is_some(),
-        allow_plaintext_auth: config.imap.allow_plaintext_auth,
-        literal_max: config.smtp.max_message_size,
-    });
-    let pop3_config = Arc::new(Pop3Config {
-        hostname: config.hostname(),
-        stls_available: tls.is_some(),
-        allow_plaintext_auth: config.pop3.allow_plaintext_auth,
-        autologout: AUTOLOGOUT_MIN,
-    });
     let maildrop_locks = Arc::new(MaildropLocks::default());
 
     let spool = Spool::open(SpoolConfig {
@@ -308,14 +340,24 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     // by segment so that the cores share the backlog after a restart.
     let mut recovered: Vec<Vec<(QueueId, Vec<RecipientState>)>> =
         (0..cores).map(|_| Vec::new()).collect();
+    let mut pinned: Vec<Vec<QueueId>> = (0..cores).map(|_| Vec::new()).collect();
+    // The hold list keeps only messages still queued.
+    let mut hold = HoldList::load(&config.spool.dir)?;
+    let mut still_held = std::collections::BTreeSet::new();
     for message in spool.queued() {
         find_lost_releases(&message, &relay_parts.users, &mailboxes, &release_tx);
         let core = (message.id.segment_seq() % cores as u64) as usize;
+        if hold.contains(&message.id) {
+            still_held.insert(message.id);
+            pinned[core].push(message.id);
+        }
         recovered[core].push((message.id, message.states));
     }
+    hold.replace(still_held)?;
     drop(release_tx);
     let mut release_rx = Some(release_rx);
     let mut admin_senders = Vec::with_capacity(cores);
+    let mut reload_senders = Vec::with_capacity(cores);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -327,22 +369,23 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         }
     }
     let mut threads = Vec::with_capacity(cores);
-    for ((core, listeners), recovered) in per_core.into_iter().enumerate().zip(recovered) {
+    for (((core, listeners), recovered), pinned) in
+        per_core.into_iter().enumerate().zip(recovered).zip(pinned)
+    {
         let (admin_tx, admin_rx) = tokio::sync::mpsc::unbounded_channel();
         admin_senders.push(admin_tx);
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        reload_senders.push(reload_tx);
         let setup = CoreSetup {
-            relay: relay_parts.for_core(recovered, admin_rx),
+            relay: relay_parts.for_core(recovered, pinned, admin_rx),
             releases: release_rx.take(),
-            pop3_config: Arc::clone(&pop3_config),
-            imap_config: Arc::clone(&imap_config),
+            live: Arc::clone(&live),
+            reloads: reload_rx,
             maildrop_locks: Arc::clone(&maildrop_locks),
             core,
             driver,
             listeners,
             spool: spool.clone(),
-            session_config: session_config.clone(),
-            submission_config: submission_config.clone(),
-            tls: tls.clone(),
             shutdown: shutdown_rx.clone(),
             shutdown_timeout: config.server.shutdown_timeout,
             ready: ready_tx.clone(),
@@ -371,6 +414,9 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         shutdown: shutdown_tx,
         threads,
         admin: None,
+        reloads: reload_senders,
+        config: config.clone(),
+        verify_loaded: relay_parts.tls_verified.is_some(),
     };
     for core in 0..cores {
         match ready_rx.recv() {
@@ -388,7 +434,12 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             }
         }
     }
-    match AdminSocket::start(&config.spool.dir, admin_senders) {
+    match AdminSocket::start(
+        Arc::clone(&handle.spool),
+        hold,
+        &config.spool.dir,
+        admin_senders,
+    ) {
         Ok(admin) => handle.admin = Some(admin),
         Err(source) => {
             handle.shutdown();
@@ -409,7 +460,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         pop3s = ?handle.pop3_tls_addrs,
         imap = ?handle.imap_addrs,
         imaps = ?handle.imap_tls_addrs,
-        starttls = session_config.starttls_available,
+        starttls = live.session_config.starttls_available,
         "tern accepting"
     );
     Ok(handle)
@@ -418,10 +469,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
 /// The relay settings every core shares, checked once at start.
 #[derive(Clone)]
 struct RelayParts {
-    hold: bool,
-    routes: RouteTable,
     dns: DnsConfig,
-    retry: RetryPolicy,
     connect_timeout: Duration,
     per_destination: usize,
     max_messages_per_connection: usize,
@@ -440,16 +488,7 @@ impl RelayParts {
         mailboxes: &Arc<MailboxStore>,
     ) -> Result<RelayParts, StartError> {
         let relay = &config.relay;
-        let routes = RouteTable::new(relay).map_err(|e| StartError::Setting {
-            key: "[relay.routes]",
-            message: e.to_string(),
-        })?;
-        let verify_wanted = relay.tls == OutboundTls::Verify
-            || relay
-                .routes
-                .values()
-                .any(|r| r.tls() == Some(OutboundTls::Verify));
-        let tls_verified = if verify_wanted {
+        let tls_verified = if reload::verify_wanted(relay) {
             let roots = match &relay.tls_ca_file {
                 Some(path) => outbound::roots_from_pem(path).map_err(|e| StartError::Setting {
                     key: "[relay] tls_ca_file",
@@ -467,17 +506,10 @@ impl RelayParts {
             None
         };
         Ok(RelayParts {
-            hold: relay.hold,
-            routes,
             dns: DnsConfig {
                 nameservers: (!relay.nameservers.is_empty()).then(|| relay.nameservers.clone()),
                 timeout: DNS_QUERY_TIMEOUT,
                 attempts: DNS_QUERY_ATTEMPTS,
-            },
-            retry: RetryPolicy {
-                first_retry: relay.first_retry,
-                max_retry: relay.max_retry,
-                lifetime: relay.lifetime,
             },
             connect_timeout: relay.connect_timeout,
             // The server-wide limit split over the cores, rounded up so
@@ -499,11 +531,13 @@ impl RelayParts {
     fn for_core(
         &self,
         recovered: Vec<(QueueId, Vec<RecipientState>)>,
+        pinned: Vec<QueueId>,
         admin: tokio::sync::mpsc::UnboundedReceiver<AdminRequest>,
     ) -> CoreRelay {
         CoreRelay {
             parts: self.clone(),
             recovered,
+            pinned,
             admin,
         }
     }
@@ -556,8 +590,56 @@ fn run_core(setup: CoreSetup) {
     }
 }
 
+/// What a core builds its connections' context from: the parts that stay
+/// for the life of the core, and the live settings it is given.
+struct CoreParts {
+    core: usize,
+    writer: Rc<RefCell<SpoolWriter>>,
+    scheduler: Rc<Scheduler>,
+    resolver: Rc<MxResolver>,
+    users: UsersHandle,
+    pop3_stores: Rc<Pop3Stores>,
+    imap_stores: Rc<ImapStores>,
+    /// Failed AUTH by client network: kept across reloads.
+    auth_throttle: Rc<RefCell<AuthThrottle>>,
+}
+
+impl CoreParts {
+    fn context(&self, live: &LiveSettings, routes: Rc<RouteTable>) -> Rc<CoreContext> {
+        Rc::new(CoreContext {
+            core: self.core,
+            session_config: Arc::clone(&live.session_config),
+            submission_config: Arc::clone(&live.submission_config),
+            users: self.users.clone(),
+            auth_throttle: Rc::clone(&self.auth_throttle),
+            tls: live.tls.clone(),
+            pop3: Rc::new(Pop3Context {
+                config: Arc::clone(&live.pop3_config),
+                stores: Rc::clone(&self.pop3_stores),
+                tls: live.tls.clone(),
+            }),
+            imap: Rc::new(ImapContext {
+                config: Arc::clone(&live.imap_config),
+                stores: Rc::clone(&self.imap_stores),
+                tls: live.tls.clone(),
+            }),
+            spool: Rc::clone(&self.writer),
+            scheduler: Rc::clone(&self.scheduler),
+            recipient_hook: Rc::new(RecipientCheck::new(
+                Rc::clone(&self.resolver),
+                routes,
+                self.users.clone(),
+            )),
+        })
+    }
+}
+
+/// The context new connections get: swapped whole by a reload, read
+/// once per accepted connection (a `RefCell` on this core, no lock).
+type LiveContext = Rc<RefCell<Rc<CoreContext>>>;
+
 /// The body of one core: a spool writer, one accept loop per listener, the
-/// delivery worker, and the shutdown wait.
+/// delivery worker, the admin and reload servers, and the shutdown wait.
 async fn core_main<A, F, C>(setup: CoreSetup, adopt: F, connector: C)
 where
     A: Acceptor + 'static,
@@ -568,16 +650,13 @@ where
         core,
         listeners,
         spool,
-        session_config,
-        submission_config,
-        tls,
         mut shutdown,
         shutdown_timeout,
         ready,
         relay,
         releases,
-        pop3_config,
-        imap_config,
+        live,
+        reloads,
         maildrop_locks,
         ..
     } = setup;
@@ -592,9 +671,10 @@ where
     let CoreRelay {
         parts,
         recovered,
+        pinned,
         admin,
     } = relay;
-    let scheduler = Rc::new(Scheduler::new(parts.hold));
+    let scheduler = Rc::new(Scheduler::new(live.hold));
     let resolver = match MxResolver::new(&parts.dns) {
         Ok(r) => Rc::new(r),
         Err(e) => {
@@ -602,18 +682,16 @@ where
             return;
         }
     };
-    schedule_recovered(&scheduler, recovered);
-    let routes = Rc::new(parts.routes);
-    let recipient_hook = Rc::new(RecipientCheck::new(
-        Rc::clone(&resolver),
-        Rc::clone(&routes),
-        parts.users.clone(),
-    ));
+    scheduler.pin(pinned);
+    for (id, states) in recovered {
+        scheduler.resume(id, &states);
+    }
+    let routes = Rc::new(live.routes.clone());
     let delivery = Rc::new(Relay::new(
         RelaySettings {
             hostname: parts.hostname,
-            routes,
-            retry: parts.retry,
+            routes: RefCell::new(Rc::clone(&routes)),
+            retry: Cell::new(live.retry),
             connect_timeout: parts.connect_timeout,
             tls_any: parts.tls_any,
             tls_verified: parts.tls_verified,
@@ -631,44 +709,42 @@ where
         )),
         connector,
     ));
-    let delivery_loop = tokio::task::spawn_local(delivery.run(shutdown.clone()));
+    let delivery_loop = tokio::task::spawn_local(Rc::clone(&delivery).run(shutdown.clone()));
     if let Some(releases) = releases {
         tokio::task::spawn_local(persist_releases(releases, Rc::clone(&writer)));
     }
-    tokio::task::spawn_local(serve_admin(admin, Rc::clone(&scheduler)));
-    let pop3 = Rc::new(Pop3Context {
-        config: pop3_config,
-        stores: Rc::new(Pop3Stores {
+    tokio::task::spawn_local(serve_admin(
+        admin,
+        Rc::clone(&scheduler),
+        Rc::clone(&delivery),
+    ));
+    let core_parts = CoreParts {
+        core,
+        writer: Rc::clone(&writer),
+        scheduler: Rc::clone(&scheduler),
+        resolver,
+        users: parts.users.clone(),
+        auth_throttle: Rc::new(RefCell::new(AuthThrottle::default())),
+        pop3_stores: Rc::new(Pop3Stores {
             users: parts.users.clone(),
             mailboxes: Arc::clone(&parts.mailboxes),
             spool: Arc::clone(&spool),
             locks: maildrop_locks,
         }),
-        tls: tls.clone(),
-    });
-    let imap = Rc::new(ImapContext {
-        config: imap_config,
-        stores: Rc::new(ImapStores {
+        imap_stores: Rc::new(ImapStores {
             users: parts.users.clone(),
             mailboxes: Arc::clone(&parts.mailboxes),
             spool: Arc::clone(&spool),
             writer: Rc::clone(&writer),
         }),
-        tls: tls.clone(),
-    });
-    let ctx = Rc::new(CoreContext {
-        core,
-        session_config,
-        submission_config,
-        users: parts.users.clone(),
-        auth_throttle: RefCell::new(AuthThrottle::default()),
-        tls,
-        pop3,
-        imap,
-        spool: writer,
-        scheduler: Rc::clone(&scheduler),
-        recipient_hook,
-    });
+    };
+    let ctx: LiveContext = Rc::new(RefCell::new(core_parts.context(&live, routes)));
+    tokio::task::spawn_local(apply_reloads(
+        reloads,
+        core_parts,
+        Rc::clone(&ctx),
+        Rc::clone(&delivery),
+    ));
     let active = Rc::new(Cell::new(0usize));
     let mut accept_loops = Vec::new();
     for (kind, std_listener) in listeners {
@@ -682,7 +758,7 @@ where
         accept_loops.push(tokio::task::spawn_local(accept_loop(
             acceptor,
             kind,
-            ctx.clone(),
+            Rc::clone(&ctx),
             active.clone(),
             shutdown.clone(),
         )));
@@ -704,7 +780,7 @@ where
     }
     if active.get() > 0 || scheduler.active() > 0 {
         warn!(
-            core = ctx.core,
+            core,
             sessions = active.get(),
             deliveries = scheduler.active(),
             "shutdown timeout: closing open sessions and deliveries (they are retried after restart)"
@@ -713,23 +789,21 @@ where
     let _ = delivery_loop.await;
 }
 
-/// Queue what the spool held at start: recipients still pending go now
-/// (or wait for a release under hold), deferred ones keep their time.
-fn schedule_recovered(scheduler: &Scheduler, recovered: Vec<(QueueId, Vec<RecipientState>)>) {
-    for (id, states) in recovered {
-        let pending = states.iter().any(|s| matches!(s, RecipientState::Pending));
-        let next_retry = states
-            .iter()
-            .filter_map(|s| match s {
-                RecipientState::Deferred { until_ms, .. } => Some(*until_ms),
-                _ => None,
-            })
-            .min();
-        match (pending, next_retry) {
-            (true, _) => scheduler.submit(id),
-            (false, Some(until_ms)) => scheduler.defer(id, until_ms),
-            (false, None) => {}
-        }
+/// Take each reload's settings: a new context for new connections, new
+/// routes and retry times for new attempts, the new `[relay] hold`.
+async fn apply_reloads<C: Connector + 'static>(
+    mut reloads: tokio::sync::mpsc::UnboundedReceiver<Reload>,
+    parts: CoreParts,
+    ctx: LiveContext,
+    delivery: Rc<Relay<C>>,
+) {
+    while let Some(reload) = reloads.recv().await {
+        let live = &reload.settings;
+        let routes = Rc::new(live.routes.clone());
+        *ctx.borrow_mut() = parts.context(live, Rc::clone(&routes));
+        delivery.reload(routes, live.retry);
+        parts.scheduler.set_hold(live.hold);
+        let _ = reload.done.send(());
     }
 }
 
@@ -787,24 +861,41 @@ fn find_lost_releases(
     }
 }
 
-/// Answer admin commands for this core.
-async fn serve_admin(
+/// Carry out the operator's orders on this core's schedule and spool.
+async fn serve_admin<C: Connector + 'static>(
     mut requests: tokio::sync::mpsc::UnboundedReceiver<AdminRequest>,
     scheduler: Rc<Scheduler>,
+    delivery: Rc<Relay<C>>,
 ) {
     while let Some(request) = requests.recv().await {
-        let count = match request.command {
-            AdminCommand::Release => scheduler.release(),
-            AdminCommand::Flush => scheduler.flush(),
+        // One log line per message, so that `grep queue_id=` follows it.
+        let done = |ids: Vec<QueueId>, what: &str| {
+            for id in &ids {
+                info!(queue_id = %id, "{what} by the operator");
+            }
+            delivery::OperatorOutcome {
+                done: ids.len(),
+                ..Default::default()
+            }
         };
-        let _ = request.reply.send(count);
+        let outcome = match &*request.order {
+            CoreOrder::Flush(selection) => done(scheduler.flush(selection), "flushed"),
+            CoreOrder::Hold(selection) => done(scheduler.hold(selection), "held"),
+            CoreOrder::Release(selection) => done(scheduler.release(selection), "released"),
+            CoreOrder::Finish { ids, domain, how } => {
+                delivery
+                    .finish_by_operator(ids, domain.as_deref(), *how)
+                    .await
+            }
+        };
+        let _ = request.reply.send(outcome);
     }
 }
 
 async fn accept_loop<A: Acceptor + 'static>(
     acceptor: A,
     kind: ListenerKind,
-    ctx: Rc<CoreContext>,
+    live_ctx: LiveContext,
     active: Rc<Cell<usize>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -820,7 +911,7 @@ async fn accept_loop<A: Acceptor + 'static>(
                 let gauge = metrics::gauge!("tern_connections_active", "listener" => label);
                 gauge.increment(1.0);
                 active.set(active.get() + 1);
-                let ctx = ctx.clone();
+                let ctx = Rc::clone(&live_ctx.borrow());
                 let active = active.clone();
                 let session_shutdown = shutdown.clone();
                 tokio::task::spawn_local(async move {

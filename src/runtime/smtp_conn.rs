@@ -43,7 +43,7 @@ pub struct CoreContext {
     /// Whom AUTH checks passwords against.
     pub users: UsersHandle,
     /// Recent AUTH failures by client network, on this core.
-    pub auth_throttle: RefCell<AuthThrottle>,
+    pub auth_throttle: Rc<RefCell<AuthThrottle>>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// POP3 connections of this core.
     pub pop3: Rc<Pop3Context>,

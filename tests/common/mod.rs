@@ -82,6 +82,16 @@ impl Drop for ServerProcess {
 /// Start `tern -c config` and wait for its "tern accepting" log line;
 /// return the process and its first SMTP address.
 pub fn spawn_tern(config: &Path) -> (ServerProcess, SocketAddr) {
+    let (child, addr, _logs) = spawn_tern_logged(config);
+    (child, addr)
+}
+
+/// Like `spawn_tern`, with every later log line of the server on a
+/// channel (stderr is drained to the end even when nobody listens, so the
+/// server never blocks on a full pipe).
+pub fn spawn_tern_logged(
+    config: &Path,
+) -> (ServerProcess, SocketAddr, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
         .arg("-c")
         .arg(config)
@@ -93,6 +103,7 @@ pub fn spawn_tern(config: &Path) -> (ServerProcess, SocketAddr) {
     let stderr = child.stderr.take().expect("stderr is piped");
     let child = ServerProcess(child);
     let (tx, rx) = std::sync::mpsc::channel();
+    let (log_tx, log_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -106,13 +117,57 @@ pub fn spawn_tern(config: &Path) -> (ServerProcess, SocketAddr) {
                     .expect("an SMTP address");
                 let _ = tx.send(addr);
                 sent = true;
+            } else if sent {
+                let _ = log_tx.send(line);
             }
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("tern reported its listening address");
-    (child, addr)
+    (child, addr, log_rx)
+}
+
+/// The first log line containing `needle` within `within` (lines before
+/// it are dropped); None when none came.
+pub fn wait_log(
+    logs: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    within: Duration,
+) -> Option<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.checked_duration_since(std::time::Instant::now())?;
+        match logs.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return Some(line),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Send `signal` (libc::SIGTERM, SIGHUP...) to a spawned server.
+pub fn signal(server: &ServerProcess, signal: i32) {
+    let pid = server.0.id() as i32;
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not
+    // reaped yet (ServerProcess waits for it only when dropped).
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal})");
+}
+
+/// `tern ARGS -c config`: (exit success, stdout, stderr).
+pub fn tern_cli(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .expect("tern runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A CA and a `localhost` leaf certificate signed by it, written as PEM
