@@ -6,6 +6,7 @@
 //! and shuts down.
 
 pub mod admin;
+pub mod compaction;
 pub mod imap_backend;
 pub mod imap_conn;
 pub mod listener;
@@ -107,6 +108,8 @@ pub enum StartError {
     Core { core: usize, message: String },
     #[error("{key}: {message}")]
     Setting { key: &'static str, message: String },
+    #[error("cannot start the spool compactor: {0}")]
+    Compactor(#[source] std::io::Error),
     #[error("admin socket in {dir}: {source}")]
     Admin {
         dir: String,
@@ -130,6 +133,7 @@ pub struct ServerHandle {
     shutdown: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     admin: Option<AdminSocket>,
+    compactor: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -143,6 +147,11 @@ impl ServerHandle {
         for thread in self.threads {
             if thread.join().is_err() {
                 error!("a core thread panicked during shutdown");
+            }
+        }
+        if let Some(compactor) = self.compactor.take() {
+            if compactor.join().is_err() {
+                error!("the spool compactor panicked");
             }
         }
         self.spool.close();
@@ -344,6 +353,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         shutdown: shutdown_tx,
         threads,
         admin: None,
+        compactor: None,
     };
     for core in 0..cores {
         match ready_rx.recv() {
@@ -369,6 +379,23 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
                 dir: config.spool.dir.display().to_string(),
                 source,
             });
+        }
+    }
+    let compaction = compaction::CompactionSettings {
+        below: config.spool.compact_below,
+        interval: config.spool.compact_interval,
+    };
+    match compaction::spawn(
+        Arc::clone(&handle.spool),
+        Arc::clone(&handle.mailboxes),
+        relay_parts.users.clone(),
+        compaction,
+        shutdown_rx.clone(),
+    ) {
+        Ok(compactor) => handle.compactor = compactor,
+        Err(source) => {
+            handle.shutdown();
+            return Err(StartError::Compactor(source));
         }
     }
     info!(

@@ -28,14 +28,17 @@ pub(crate) struct LiveMessage {
     /// Segments holding this message's update records; recovery needs
     /// them for as long as the MESSAGE record is live.
     pub(crate) update_segments: Vec<Arc<Segment>>,
+    /// Bytes the MESSAGE record occupies (aligned): what moving it costs.
+    pub(crate) record_len: u64,
 }
 
 impl LiveMessage {
-    pub(crate) fn new(segment: Arc<Segment>, recipients: usize) -> LiveMessage {
+    pub(crate) fn new(segment: Arc<Segment>, recipients: usize, record_len: u64) -> LiveMessage {
         LiveMessage {
             segment,
             states: vec![(RecipientState::Pending, 0); recipients],
             update_segments: Vec::new(),
+            record_len,
         }
     }
 
@@ -69,6 +72,18 @@ impl LiveMessage {
     pub(crate) fn current_states(&self) -> Vec<RecipientState> {
         self.states.iter().map(|(state, _)| state.clone()).collect()
     }
+}
+
+/// Which segments one live message keeps alive, its recipients' states
+/// and the size of its MESSAGE record: what compaction plans with.
+pub(crate) struct Holding {
+    pub(crate) id: QueueId,
+    /// Seq of the segment holding the MESSAGE record.
+    pub(crate) segment: u64,
+    /// Seqs of the segments holding its update records.
+    pub(crate) update_segments: Vec<u64>,
+    pub(crate) states: Vec<RecipientState>,
+    pub(crate) record_len: u64,
 }
 
 /// What a reader needs to find a live message's bytes.
@@ -157,6 +172,27 @@ impl Index {
         out
     }
 
+    /// Every live message with the segments it holds.
+    pub(crate) fn holdings(&self) -> Vec<Holding> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for (id, m) in lock(shard).iter() {
+                out.push(Holding {
+                    id: *id,
+                    segment: m.segment.seq(),
+                    update_segments: m.update_segments.iter().map(|s| s.seq()).collect(),
+                    states: m.current_states(),
+                    record_len: m.record_len,
+                });
+            }
+        }
+        out
+    }
+
+    pub(crate) fn contains(&self, id: &QueueId) -> bool {
+        self.shard(id).contains_key(id)
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()
@@ -175,7 +211,7 @@ mod tests {
     fn latest_update_wins_whatever_the_arrival_order() {
         let dir = tempfile::tempdir().unwrap();
         let seg = segment(dir.path(), 1);
-        let mut message = LiveMessage::new(Arc::clone(&seg), 2);
+        let mut message = LiveMessage::new(Arc::clone(&seg), 2, 64);
         let deferred = RecipientState::Deferred {
             until_ms: 9,
             attempts: 1,
@@ -204,7 +240,7 @@ mod tests {
         let other = segment(dir.path(), 2);
         let index = Index::new();
         let id = QueueId::new(1, 0).unwrap();
-        index.insert(id, LiveMessage::new(Arc::clone(&home), 2));
+        index.insert(id, LiveMessage::new(Arc::clone(&home), 2, 64));
         assert_eq!(Arc::strong_count(&home), 2);
         assert!(index
             .apply(&id, 1, &[(0, RecipientState::Delivered)], &other)
