@@ -1,6 +1,7 @@
-//! `SpoolWriter`: one core's append path. Records are written with pwrite
-//! at the active segment's append offset on the caller's thread; the
-//! writer's sync thread makes them durable in batches.
+//! `SpoolWriter`: one core's (or the compactor's) append path. Records
+//! are written with pwrite at the active segment's append offset on the
+//! caller's thread; the writer's sync thread makes them durable in
+//! batches.
 //!
 //! This module must never report a record durable itself (only the sync
 //! thread does), and never leave the writer unusable after an I/O error:
