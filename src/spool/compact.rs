@@ -17,7 +17,6 @@
 use std::collections::{HashMap, HashSet};
 
 use super::index::Holding;
-use super::state::RecipientState;
 use super::{MessageView, QueueId, Spool, SpoolError};
 
 /// What one compaction pass should move.
@@ -44,14 +43,6 @@ pub struct CompactionLimits {
     pub max_messages: usize,
 }
 
-/// A message may move when nothing remains to deliver: every recipient
-/// is held by a mailbox or final.
-fn movable(states: &[RecipientState]) -> bool {
-    states
-        .iter()
-        .all(|state| *state == RecipientState::InMailbox || state.is_final())
-}
-
 /// Who holds one sealed segment.
 struct Tally {
     /// Indexes into the holdings.
@@ -70,9 +61,12 @@ fn plan(
     skip: &HashSet<QueueId>,
     limits: &CompactionLimits,
 ) -> CompactionPlan {
+    if sealed.is_empty() {
+        return CompactionPlan::default();
+    }
     let mut tallies: HashMap<u64, Tally> = HashMap::new();
     for (index, holding) in holdings.iter().enumerate() {
-        let can_move = !skip.contains(&holding.id) && movable(&holding.states);
+        let can_move = holding.movable && !skip.contains(&holding.id);
         let mut seqs: Vec<u64> = std::iter::once(holding.segment)
             .chain(holding.update_segments.iter().copied())
             .filter(|seq| sealed.contains_key(seq))
@@ -203,12 +197,12 @@ mod tests {
         QueueId::new(seq, offset).unwrap()
     }
 
-    fn holding(id: QueueId, updates: &[u64], states: Vec<RecipientState>, len: u64) -> Holding {
+    fn holding(id: QueueId, updates: &[u64], movable: bool, len: u64) -> Holding {
         Holding {
             id,
             segment: id.segment_seq(),
             update_segments: updates.to_vec(),
-            states,
+            movable,
             record_len: len,
         }
     }
@@ -223,21 +217,19 @@ mod tests {
 
     #[test]
     fn sparse_sealed_segments_of_mailbox_messages_are_planned_cheapest_first() {
-        use RecipientState::*;
-        let held = vec![InMailbox, Delivered];
         let holdings = vec![
             // Segment 1: 200 of 1000 bytes, all in mailboxes.
-            holding(id(1, 32), &[], held.clone(), 120),
-            holding(id(1, 160), &[3], vec![InMailbox], 80),
+            holding(id(1, 32), &[], true, 120),
+            holding(id(1, 160), &[3], true, 80),
             // Segment 2: 100 bytes, but it holds a message still queued.
-            holding(id(2, 32), &[2], vec![Pending], 60),
-            holding(id(2, 96), &[], vec![InMailbox], 40),
+            holding(id(2, 32), &[2], false, 60),
+            holding(id(2, 96), &[], true, 40),
             // Segment 3: 10 bytes of its own plus the update of (1,160).
-            holding(id(3, 32), &[], vec![InMailbox], 10),
+            holding(id(3, 32), &[], true, 10),
             // Segment 4: dense.
-            holding(id(4, 32), &[], vec![InMailbox], 600),
+            holding(id(4, 32), &[], true, 600),
             // Segment 5: sparse but still appended to (not sealed).
-            holding(id(5, 32), &[], vec![InMailbox], 8),
+            holding(id(5, 32), &[], true, 8),
         ];
         let sealed: HashMap<u64, u64> = [(1, 1000), (2, 1000), (3, 1000), (4, 1000)].into();
         let plan = plan(&holdings, &sealed, &HashSet::new(), &limits());
@@ -248,11 +240,10 @@ mod tests {
 
     #[test]
     fn skipped_messages_and_pass_limits_hold_segments_back() {
-        use RecipientState::*;
         let holdings = vec![
-            holding(id(1, 32), &[], vec![InMailbox], 100),
-            holding(id(2, 32), &[], vec![InMailbox], 150),
-            holding(id(3, 32), &[], vec![InMailbox], 50),
+            holding(id(1, 32), &[], true, 100),
+            holding(id(2, 32), &[], true, 150),
+            holding(id(3, 32), &[], true, 50),
         ];
         let sealed: HashMap<u64, u64> = [(1, 1000), (2, 1000), (3, 1000)].into();
         let skip: HashSet<QueueId> = [id(3, 32)].into();
@@ -280,17 +271,5 @@ mod tests {
         limits: &CompactionLimits,
     ) -> CompactionPlan {
         plan(holdings, sealed, &HashSet::new(), limits)
-    }
-
-    #[test]
-    fn only_delivered_or_held_messages_move() {
-        use RecipientState::*;
-        assert!(movable(&[InMailbox, Bounced { reason: "x".into() }]));
-        assert!(!movable(&[InMailbox, Pending]));
-        assert!(!movable(&[Deferred {
-            until_ms: 1,
-            attempts: 1,
-            last_error: "451".into()
-        }]));
     }
 }

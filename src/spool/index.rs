@@ -69,20 +69,29 @@ impl LiveMessage {
         self.states.iter().all(|(state, _)| state.is_final())
     }
 
+    /// Nothing is left to deliver (see [`Holding::movable`]).
+    pub(crate) fn movable(&self) -> bool {
+        self.states
+            .iter()
+            .all(|(state, _)| *state == RecipientState::InMailbox || state.is_final())
+    }
+
     pub(crate) fn current_states(&self) -> Vec<RecipientState> {
         self.states.iter().map(|(state, _)| state.clone()).collect()
     }
 }
 
-/// Which segments one live message keeps alive, its recipients' states
-/// and the size of its MESSAGE record: what compaction plans with.
+/// Which segments one live message keeps alive, whether it may move and
+/// the size of its MESSAGE record: what compaction plans with.
 pub(crate) struct Holding {
     pub(crate) id: QueueId,
     /// Seq of the segment holding the MESSAGE record.
     pub(crate) segment: u64,
     /// Seqs of the segments holding its update records.
     pub(crate) update_segments: Vec<u64>,
-    pub(crate) states: Vec<RecipientState>,
+    /// Nothing is left to deliver: every recipient is in a mailbox or
+    /// final. Only such a message may be copied elsewhere.
+    pub(crate) movable: bool,
     pub(crate) record_len: u64,
 }
 
@@ -181,7 +190,7 @@ impl Index {
                     id: *id,
                     segment: m.segment.seq(),
                     update_segments: m.update_segments.iter().map(|s| s.seq()).collect(),
-                    states: m.current_states(),
+                    movable: m.movable(),
                     record_len: m.record_len,
                 });
             }
@@ -266,6 +275,24 @@ mod tests {
         drop(done);
         assert_eq!(Arc::strong_count(&home), 1);
         assert_eq!(Arc::strong_count(&other), 1);
+    }
+
+    #[test]
+    fn only_a_message_with_nothing_left_to_deliver_is_movable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut message = LiveMessage::new(segment(dir.path(), 1), 3, 64);
+        assert!(!message.movable());
+        let bounced = RecipientState::Bounced { reason: "x".into() };
+        message.apply(1, &[(0, RecipientState::InMailbox), (1, bounced)]);
+        let deferred = RecipientState::Deferred {
+            until_ms: 1,
+            attempts: 1,
+            last_error: "451".into(),
+        };
+        message.apply(2, &[(2, deferred)]);
+        assert!(!message.movable());
+        message.apply(3, &[(2, RecipientState::Delivered)]);
+        assert!(message.movable());
     }
 
     #[test]

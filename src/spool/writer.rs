@@ -130,7 +130,12 @@ impl SpoolWriter {
         };
         let mut update = Vec::new();
         let update_len = encode_update(&mut update, &record).map_err(too_large)?;
-        let (segment, life, offset) = self.reserve(update_len + message_len, Purpose::Message)?;
+        // Compaction frees more than it copies (a planned segment's holders
+        // take at most half of it), so under `[spool] max_size` it may use
+        // the segment held back for updates: a spool full of segments that
+        // mailbox records pin must still be able to compact itself.
+        let (segment, life, offset) =
+            self.reserve(update_len + message_len, Purpose::RecipientUpdate)?;
         let at = offset + update_len;
         let id = QueueId::new(segment.seq(), at).ok_or_else(|| self.exhausted(&segment))?;
         record.message = id;
