@@ -4,7 +4,8 @@
 //! mailbox seeing each other's flag changes and expunges, IDLE woken by a
 //! new delivery, and UIDs, UIDVALIDITY and flags the same after a restart.
 //! Spool compaction under IMAP: most messages deleted, the sparse segments
-//! recycled, and the rest served byte-identical under the same UIDs.
+//! recycled, and the rest served byte-identical under the same UIDs, also
+//! to IMAP and POP3 sessions opened before the move.
 //!
 //! Everything stays on 127.0.0.1; every read has a timeout.
 
@@ -221,6 +222,58 @@ fn bad_commands_and_wrong_passwords_get_clear_answers() {
     server.shutdown();
 }
 
+/// Just enough POP3 to read messages by number.
+struct Pop3 {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Pop3 {
+    fn login(addr: SocketAddr) -> Pop3 {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut pop = Pop3 {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        assert!(pop.line().starts_with("+OK"));
+        assert!(pop.cmd("USER alice@local.test").starts_with("+OK"));
+        assert!(pop
+            .cmd(&format!("PASS {ALICE_PASSWORD}"))
+            .starts_with("+OK"));
+        pop
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line
+    }
+
+    fn cmd(&mut self, command: &str) -> String {
+        self.writer
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
+        self.line()
+    }
+
+    /// RETR's answer as sent, up to the terminating dot.
+    fn retr(&mut self, number: u32) -> String {
+        let status = self.cmd(&format!("RETR {number}"));
+        assert!(status.starts_with("+OK"), "RETR {number}: {status}");
+        let mut message = String::new();
+        loop {
+            let line = self.line();
+            if line == ".\r\n" {
+                return message;
+            }
+            message.push_str(&line);
+        }
+    }
+}
+
 /// `UID FETCH` of `uids` with flags and the whole message, each answer
 /// without its sequence number (which expunges change).
 fn fetch_whole(imap: &mut Imap, uids: &[u32]) -> Vec<String> {
@@ -252,7 +305,7 @@ fn segment_seqs(dir: &std::path::Path) -> Vec<u64> {
 }
 
 #[test]
-fn compaction_recycles_sparse_segments_and_imap_serves_the_same_messages() {
+fn compaction_recycles_sparse_segments_and_clients_read_the_same_messages() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = local_mail_config(dir.path());
     // One core, the smallest segments the message size allows, and a
@@ -282,6 +335,12 @@ fn compaction_recycles_sparse_segments_and_imap_serves_the_same_messages() {
     sealed.dedup();
     assert!(sealed.len() >= 2, "{sealed:?}");
 
+    // A POP3 maildrop opened now lists the messages as they are (UID n is
+    // message n) and keeps their old spool ids for the whole session.
+    let kept: Vec<u32> = (1..=COUNT).filter(|uid| uid % 10 == 1).collect();
+    let mut pop = Pop3::login(server.pop3_addrs[0]);
+    let pop_before: Vec<String> = kept.iter().map(|n| pop.retr(*n)).collect();
+
     let mut a = Imap::login(server.imap_addrs[0]);
     let selected = a.ok("SELECT INBOX");
     let uidvalidity = selected
@@ -289,7 +348,6 @@ fn compaction_recycles_sparse_segments_and_imap_serves_the_same_messages() {
         .find(|l| l.contains("[UIDVALIDITY "))
         .unwrap()
         .clone();
-    let kept: Vec<u32> = (1..=COUNT).filter(|uid| uid % 10 == 1).collect();
     a.ok("UID STORE 11,31 +FLAGS.SILENT (\\Flagged $Keep)");
     let before = fetch_whole(&mut a, &kept);
     assert!(before.iter().all(|b| b.contains("Subject: compact")));
@@ -321,6 +379,11 @@ fn compaction_recycles_sparse_segments_and_imap_serves_the_same_messages() {
     assert!(left
         .iter()
         .all(|id| !ids.contains(id) || id.segment_seq() == newest));
+
+    // The POP3 session reads through its old ids to the same bytes.
+    let pop_after: Vec<String> = kept.iter().map(|n| pop.retr(*n)).collect();
+    assert_eq!(pop_after, pop_before);
+    assert!(pop.cmd("QUIT").starts_with("+OK"));
 
     // The session that selected before the move, and a new one, read the
     // same bytes, flags and UIDs.
