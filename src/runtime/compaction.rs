@@ -188,9 +188,15 @@ impl Compactor {
     pub async fn copy(&mut self, ids: &[QueueId]) -> Vec<Copied> {
         let mut pending: Vec<(Copied, Commit)> = Vec::new();
         for id in ids {
-            // Gone meanwhile (released by its last mailbox): nothing to move.
-            let Ok(view) = self.spool.read(id) else {
-                continue;
+            let view = match self.spool.read(id) {
+                Ok(view) => view,
+                // Released by its last mailbox meanwhile: nothing to move.
+                Err(SpoolError::NotFound(_)) => continue,
+                Err(e) => {
+                    warn!(queue_id = %id, error = %e, "compaction cannot read the message; it stays");
+                    self.skip.insert(*id);
+                    continue;
+                }
             };
             let mut held = Vec::new();
             let mut unknown = false;
