@@ -24,6 +24,13 @@ pub const DATA_TIMEOUT_RFC5321: Duration = Duration::from_secs(3 * 60);
 pub const MAX_MESSAGE_SIZE_DEFAULT: u64 = 25 * 1024 * 1024;
 /// Spool segment size: big enough for the largest message plus its envelope.
 pub const SEGMENT_SIZE_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Compact a segment once its mailbox records take under a quarter of it:
+/// copying a quarter segment frees a whole one.
+pub const COMPACT_BELOW_DEFAULT: f64 = 0.25;
+/// Above this, compaction copies more than half a segment to free one.
+const COMPACT_BELOW_MAX: f64 = 0.5;
+/// A pass scans every live message; once a minute keeps that negligible.
+pub const COMPACT_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -182,6 +189,12 @@ pub struct SpoolSection {
     /// Upper bound of all segment files together; 0 = only the disk limits it.
     #[serde(with = "size_text")]
     pub max_size: u64,
+    /// A sealed segment whose live records (all held by mailboxes) take
+    /// less than this fraction of it is compacted; 0 = never.
+    pub compact_below: f64,
+    /// How often the compactor looks for such segments.
+    #[serde(with = "duration_text")]
+    pub compact_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -338,6 +351,8 @@ impl Default for SpoolSection {
             dir: PathBuf::from("var/spool"),
             segment_size: SEGMENT_SIZE_DEFAULT,
             max_size: 0,
+            compact_below: COMPACT_BELOW_DEFAULT,
+            compact_interval: COMPACT_INTERVAL_DEFAULT,
         }
     }
 }
@@ -503,6 +518,21 @@ impl Config {
         }
         if self.spool.dir.as_os_str().is_empty() {
             return Err(invalid("[spool] dir", "must not be empty".into()));
+        }
+        if !(0.0..=COMPACT_BELOW_MAX).contains(&self.spool.compact_below) {
+            return Err(invalid(
+                "[spool] compact_below",
+                format!(
+                    "{} is not a fraction from 0 (never compact) to {COMPACT_BELOW_MAX}",
+                    self.spool.compact_below
+                ),
+            ));
+        }
+        if self.spool.compact_interval.is_zero() {
+            return Err(invalid(
+                "[spool] compact_interval",
+                "must be greater than zero".into(),
+            ));
         }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => {
@@ -898,6 +928,21 @@ mod tests {
             .to_string();
         assert!(e.contains("[spool] segment_size"), "{e}");
         parse("[smtp]\nmax_message_size = \"64MiB\"\n[spool]\nsegment_size = \"80MiB\"\n").unwrap();
+    }
+
+    #[test]
+    fn compaction_settings_are_checked() {
+        let c = parse("[spool]\ncompact_below = 0\ncompact_interval = \"10s\"\n").unwrap();
+        assert_eq!(c.spool.compact_below, 0.0);
+        assert_eq!(c.spool.compact_interval, Duration::from_secs(10));
+        for bad in ["compact_below = 0.75", "compact_below = -0.1"] {
+            let e = parse(&format!("[spool]\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains("[spool] compact_below"), "{e}");
+        }
+        let e = parse("[spool]\ncompact_interval = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[spool] compact_interval"), "{e}");
     }
 
     #[test]

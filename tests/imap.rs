@@ -3,6 +3,9 @@
 //! STORE, COPY/MOVE with UIDPLUS, EXPUNGE, APPEND, two sessions on one
 //! mailbox seeing each other's flag changes and expunges, IDLE woken by a
 //! new delivery, and UIDs, UIDVALIDITY and flags the same after a restart.
+//! Spool compaction under IMAP: most messages deleted, the sparse segments
+//! recycled, and the rest served byte-identical under the same UIDs, also
+//! to IMAP and POP3 sessions opened before the move.
 //!
 //! Everything stays on 127.0.0.1; every read has a timeout.
 
@@ -12,6 +15,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use common::sink::wait_for;
 use common::{local_mail_config, send_to_alice, wait_filed, ALICE_PASSWORD};
 use tern::runtime::{self, ServerHandle};
 
@@ -215,6 +219,189 @@ fn bad_commands_and_wrong_passwords_get_clear_answers() {
     );
     imap.ok(&format!("LOGIN alice \"{ALICE_PASSWORD}\""));
     imap.ok("LOGOUT");
+    server.shutdown();
+}
+
+/// Just enough POP3 to read messages by number.
+struct Pop3 {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Pop3 {
+    fn login(addr: SocketAddr) -> Pop3 {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut pop = Pop3 {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        assert!(pop.line().starts_with("+OK"));
+        assert!(pop.cmd("USER alice@local.test").starts_with("+OK"));
+        assert!(pop
+            .cmd(&format!("PASS {ALICE_PASSWORD}"))
+            .starts_with("+OK"));
+        pop
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line
+    }
+
+    fn cmd(&mut self, command: &str) -> String {
+        self.writer
+            .write_all(format!("{command}\r\n").as_bytes())
+            .unwrap();
+        self.line()
+    }
+
+    /// RETR's answer as sent, up to the terminating dot.
+    fn retr(&mut self, number: u32) -> String {
+        let status = self.cmd(&format!("RETR {number}"));
+        assert!(status.starts_with("+OK"), "RETR {number}: {status}");
+        let mut message = String::new();
+        loop {
+            let line = self.line();
+            if line == ".\r\n" {
+                return message;
+            }
+            message.push_str(&line);
+        }
+    }
+}
+
+/// `UID FETCH` of `uids` with flags and the whole message, each answer
+/// without its sequence number (which expunges change).
+fn fetch_whole(imap: &mut Imap, uids: &[u32]) -> Vec<String> {
+    let set: Vec<String> = uids.iter().map(u32::to_string).collect();
+    let lines = imap.ok(&format!(
+        "UID FETCH {} (UID FLAGS BODY.PEEK[])",
+        set.join(",")
+    ));
+    let mut answers: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l.split_once(" FETCH ").map(|(_, rest)| rest.to_owned()))
+        .collect();
+    answers.sort();
+    assert_eq!(answers.len(), uids.len(), "{lines:?}");
+    answers
+}
+
+fn segment_seqs(dir: &std::path::Path) -> Vec<u64> {
+    let mut seqs: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let hex = name.strip_prefix("seg-")?.strip_suffix(".tsg")?.to_owned();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+#[test]
+fn compaction_recycles_sparse_segments_and_clients_read_the_same_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = local_mail_config(dir.path());
+    // One core, the smallest segments the message size allows, and a
+    // compactor that looks often.
+    config.server.workers = 1;
+    config.smtp.max_message_size = 64 * 1024;
+    config.spool.segment_size = 192 * 1024;
+    config.spool.compact_interval = Duration::from_millis(100);
+    let server = runtime::start(&config).unwrap();
+    const COUNT: u32 = 80;
+    for n in 1..=COUNT {
+        let line = format!("line of message {n:03} ").repeat(4);
+        let body = format!("{line}\r\n").repeat(100);
+        send_to_alice(
+            server.smtp_addrs[0],
+            format!("Subject: compact {n}\r\n\r\n{body}").as_bytes(),
+        );
+    }
+    wait_filed(&server.spool, COUNT as usize);
+    let ids: Vec<_> = server.spool.queued().iter().map(|m| m.id).collect();
+    let newest = ids.iter().map(|id| id.segment_seq()).max().unwrap();
+    let mut sealed: Vec<u64> = ids
+        .iter()
+        .map(|id| id.segment_seq())
+        .filter(|seq| *seq < newest)
+        .collect();
+    sealed.dedup();
+    assert!(sealed.len() >= 2, "{sealed:?}");
+
+    // A POP3 maildrop opened now lists the messages as they are (UID n is
+    // message n) and keeps their old spool ids for the whole session.
+    let kept: Vec<u32> = (1..=COUNT).filter(|uid| uid % 10 == 1).collect();
+    let mut pop = Pop3::login(server.pop3_addrs[0]);
+    let pop_before: Vec<String> = kept.iter().map(|n| pop.retr(*n)).collect();
+
+    let mut a = Imap::login(server.imap_addrs[0]);
+    let selected = a.ok("SELECT INBOX");
+    let uidvalidity = selected
+        .iter()
+        .find(|l| l.contains("[UIDVALIDITY "))
+        .unwrap()
+        .clone();
+    a.ok("UID STORE 11,31 +FLAGS.SILENT (\\Flagged $Keep)");
+    let before = fetch_whole(&mut a, &kept);
+    assert!(before.iter().all(|b| b.contains("Subject: compact")));
+    let gone: Vec<String> = (1..=COUNT)
+        .filter(|uid| !kept.contains(uid))
+        .map(|uid| uid.to_string())
+        .collect();
+    a.ok(&format!(
+        "UID STORE {} +FLAGS.SILENT (\\Deleted)",
+        gone.join(",")
+    ));
+    a.ok("EXPUNGE");
+
+    // The segments that held the deleted mail go away, though each still
+    // held kept messages: those were moved. The releases of the deleted
+    // messages are persisted meanwhile, so only the kept ones stay live.
+    let spool_dir = config.spool.dir.clone();
+    let settled = wait_for(Duration::from_secs(30), || {
+        let files = segment_seqs(&spool_dir);
+        sealed.iter().all(|seq| !files.contains(seq)) && server.spool.queued().len() == kept.len()
+    });
+    let left: Vec<_> = server.spool.queued().iter().map(|m| m.id).collect();
+    assert!(
+        settled,
+        "segments {sealed:?} of {:?}, live {left:?}",
+        segment_seqs(&spool_dir)
+    );
+    // Kept messages of the sealed segments now live in other records.
+    assert!(left
+        .iter()
+        .all(|id| !ids.contains(id) || id.segment_seq() == newest));
+
+    // The POP3 session reads through its old ids to the same bytes.
+    let pop_after: Vec<String> = kept.iter().map(|n| pop.retr(*n)).collect();
+    assert_eq!(pop_after, pop_before);
+    assert!(pop.cmd("QUIT").starts_with("+OK"));
+
+    // The session that selected before the move, and a new one, read the
+    // same bytes, flags and UIDs.
+    assert_eq!(fetch_whole(&mut a, &kept), before);
+    a.ok("NOOP");
+    assert_eq!(fetch_whole(&mut a, &kept), before);
+    let mut b = Imap::login(server.imap_addrs[0]);
+    assert!(b.ok("SELECT INBOX").contains(&uidvalidity));
+    assert_eq!(fetch_whole(&mut b, &kept), before);
+    a.ok("LOGOUT");
+    b.ok("LOGOUT");
+    server.shutdown();
+
+    let server = runtime::start(&config).unwrap();
+    let mut c = Imap::login(server.imap_addrs[0]);
+    assert!(c.ok("SELECT INBOX").contains(&uidvalidity));
+    assert_eq!(fetch_whole(&mut c, &kept), before);
+    c.ok("LOGOUT");
     server.shutdown();
 }
 

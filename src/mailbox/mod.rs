@@ -13,6 +13,10 @@
 //! reconciles at start: a recipient the spool keeps for a mailbox that
 //! no longer `holds` it is released then.
 //!
+//! Spool compaction moves records: `UserMailboxes::retarget` points a
+//! user's references at the copies in one journal record, moving them
+//! without releasing anything.
+//!
 //! The index must never copy message bytes (they stay in the spool),
 //! never acknowledge a change (resolve a `Durable`) or release a message
 //! before the journal record is synced, and never block a protocol

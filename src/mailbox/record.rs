@@ -36,6 +36,7 @@ const TAG_APPEND: u8 = 7;
 const TAG_SET_FLAGS: u8 = 8;
 const TAG_EXPUNGE: u8 = 9;
 const TAG_COPY: u8 = 10;
+const TAG_RETARGET: u8 = 11;
 
 /// One change to a user's mailboxes. Folders are named by a numeric id
 /// that stays the same across renames.
@@ -85,6 +86,12 @@ pub(crate) enum Op {
         from: u32,
         to: u32,
         pairs: Vec<(Uid, Uid)>,
+    },
+    /// Spool compaction moved these records (old id, new id): every
+    /// message of every folder referring to an old id refers to the new
+    /// one, with the same recipient index, UID, flags and everything else.
+    Retarget {
+        moves: Vec<(QueueId, QueueId)>,
     },
 }
 
@@ -246,8 +253,7 @@ fn encode_op(op: &Op, out: &mut Vec<u8>) {
             out.push(TAG_APPEND);
             put_u32(out, *folder);
             put_u32(out, *uid);
-            put_u64(out, message.id.segment_seq());
-            put_u64(out, message.id.offset());
+            put_queue_id(out, &message.id);
             put_u32(out, message.rcpt);
             put_u64(out, message.size);
             put_u64(out, message.internal_date_ms);
@@ -283,7 +289,20 @@ fn encode_op(op: &Op, out: &mut Vec<u8>) {
                 put_u32(out, *copy);
             }
         }
+        Op::Retarget { moves } => {
+            out.push(TAG_RETARGET);
+            put_count(out, moves.len());
+            for (from, to) in moves {
+                put_queue_id(out, from);
+                put_queue_id(out, to);
+            }
+        }
     }
+}
+
+fn put_queue_id(out: &mut Vec<u8>, id: &QueueId) {
+    put_u64(out, id.segment_seq());
+    put_u64(out, id.offset());
 }
 
 /// Reads primitives from a byte slice, failing instead of running past it.
@@ -346,6 +365,12 @@ impl<'a> Take<'a> {
             .map_err(|_| RecordError::Malformed("name is not UTF-8"))
     }
 
+    fn queue_id(&mut self) -> Result<QueueId, RecordError> {
+        let seq = self.u64()?;
+        let offset = self.u64()?;
+        QueueId::new(seq, offset).ok_or(RecordError::Malformed("queue id out of range"))
+    }
+
     fn system(&mut self) -> Result<SystemFlags, RecordError> {
         SystemFlags::from_bits(self.u8()?).ok_or(RecordError::Malformed("unknown system flag"))
     }
@@ -391,10 +416,7 @@ fn decode_op(take: &mut Take<'_>) -> Result<Op, RecordError> {
         TAG_APPEND => {
             let folder = take.u32()?;
             let uid = take.u32()?;
-            let seq = take.u64()?;
-            let offset = take.u64()?;
-            let id =
-                QueueId::new(seq, offset).ok_or(RecordError::Malformed("queue id out of range"))?;
+            let id = take.queue_id()?;
             let message = StoredMessage {
                 id,
                 rcpt: take.u32()?,
@@ -437,6 +459,14 @@ fn decode_op(take: &mut Take<'_>) -> Result<Op, RecordError> {
                 pairs.push((take.u32()?, take.u32()?));
             }
             Op::Copy { from, to, pairs }
+        }
+        TAG_RETARGET => {
+            let count = take.count(32)?;
+            let mut moves = Vec::with_capacity(count);
+            for _ in 0..count {
+                moves.push((take.queue_id()?, take.queue_id()?));
+            }
+            Op::Retarget { moves }
         }
         _ => return Err(RecordError::Malformed("unknown operation tag")),
     })
@@ -495,6 +525,12 @@ mod tests {
                 from: 3,
                 to: 1,
                 pairs: vec![(8, 1)],
+            },
+            Op::Retarget {
+                moves: vec![(
+                    QueueId::new(12, 4096).unwrap(),
+                    QueueId::new(40, 32).unwrap(),
+                )],
             },
         ]
     }

@@ -7,7 +7,7 @@
 //! (operations carry them) and never panic on operations read from disk:
 //! an operation that does not fit the state is an `ApplyError`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::flags::{Keyword, KeywordTable, SystemFlags, KEYWORDS_MAX};
@@ -76,6 +76,18 @@ impl MailState {
 
     pub(crate) fn holds(&self, id: QueueId, rcpt: u32) -> bool {
         self.refs.contains_key(&(id, rcpt))
+    }
+
+    /// The (message, recipient) pairs held whose message is in `ids`.
+    pub(crate) fn held_among(&self, ids: &HashSet<QueueId>) -> Vec<(QueueId, u32)> {
+        let mut out: Vec<(QueueId, u32)> = self
+            .refs
+            .keys()
+            .filter(|(id, _)| ids.contains(id))
+            .copied()
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// Names of the folders strictly below `name`.
@@ -237,8 +249,44 @@ impl MailState {
                     self.add_ref(message);
                 }
             }
+            Op::Retarget { moves } => self.retarget(moves)?,
         }
         Ok(released)
+    }
+
+    /// Points every reference to a moved record at its copy. References
+    /// move, none is dropped or added, so nothing is released.
+    fn retarget(&mut self, moves: &[(QueueId, QueueId)]) -> Result<(), ApplyError> {
+        let mut next: HashMap<QueueId, QueueId> = HashMap::with_capacity(moves.len());
+        for (from, to) in moves {
+            if from == to || next.insert(*from, *to).is_some() {
+                return Err(ApplyError("record moved twice or onto itself"));
+            }
+        }
+        let targets: HashSet<QueueId> = next.values().copied().collect();
+        if self.refs.keys().any(|(id, _)| targets.contains(id)) {
+            return Err(ApplyError("record moved onto one already referenced"));
+        }
+        let moved: Vec<((QueueId, u32), u32)> = self
+            .refs
+            .iter()
+            .filter(|((id, _), _)| next.contains_key(id))
+            .map(|(key, count)| (*key, *count))
+            .collect();
+        for ((from, rcpt), count) in moved {
+            self.refs.remove(&(from, rcpt));
+            if let Some(to) = next.get(&from) {
+                self.refs.insert((*to, rcpt), count);
+            }
+        }
+        for folder in self.folders.values_mut() {
+            for message in folder.messages.values_mut() {
+                if let Some(to) = next.get(&message.id) {
+                    message.id = *to;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Operations that rebuild this state from nothing: what compaction
@@ -348,6 +396,57 @@ mod tests {
         let released = state.apply(&Op::DeleteFolder { id: 1 }).unwrap();
         assert_eq!(released, vec![(m.id, 0)]);
         assert!(!state.holds(m.id, 0));
+    }
+
+    #[test]
+    fn retarget_moves_references_and_refuses_ambiguous_moves() {
+        let mut state = MailState::default();
+        state.apply(&create(0, "INBOX")).unwrap();
+        state.apply(&create(1, "Keep")).unwrap();
+        let (a, b) = (message(8), message(16));
+        for (uid, m) in [(1, &a), (2, &b)] {
+            let op = Op::Append {
+                folder: 0,
+                uid,
+                message: m.clone(),
+            };
+            state.apply(&op).unwrap();
+        }
+        let copy = Op::Copy {
+            from: 0,
+            to: 1,
+            pairs: vec![(1, 1)],
+        };
+        state.apply(&copy).unwrap();
+        let c = QueueId::new(2, 8).unwrap();
+        for moves in [
+            vec![(a.id, b.id)],
+            vec![(a.id, a.id)],
+            vec![(a.id, c), (a.id, c)],
+        ] {
+            assert!(state.apply(&Op::Retarget { moves }).is_err());
+        }
+        let released = state
+            .apply(&Op::Retarget {
+                moves: vec![(a.id, c)],
+            })
+            .unwrap();
+        assert!(released.is_empty());
+        assert!(!state.holds(a.id, 0));
+        assert!(state.holds(c, 0) && state.holds(b.id, 0));
+        for folder in [0, 1] {
+            let moved = &state.folders[&folder].messages[&1];
+            assert_eq!(moved, &StoredMessage { id: c, ..a.clone() });
+        }
+        let released = state
+            .apply(&Op::Expunge {
+                folder: 0,
+                uids: vec![1],
+            })
+            .unwrap();
+        assert!(released.is_empty());
+        let released = state.apply(&Op::DeleteFolder { id: 1 }).unwrap();
+        assert_eq!(released, vec![(c, 0)]);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! a change reach memory that the journal could not record, and never
 //! panic on any input.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -907,6 +907,35 @@ impl UserMailboxes {
         }
         let durable = self.commit(&mut inner, ops)?;
         Ok((pairs, durable))
+    }
+
+    /// Points this user's references to moved spool records at their
+    /// copies (spool compaction). `moves` pairs an old queue id with the
+    /// id of its copy; UIDs, flags, sizes, internal dates and prefixes
+    /// stay as they are, so clients see no change. All of the user's
+    /// references move in one journal record. Returns the (old id,
+    /// recipient) pairs that were held and now name the copy: once the
+    /// `Durable` resolves, the old record's recipients in that list are
+    /// no longer referenced here, and only those.
+    pub fn retarget(
+        &self,
+        moves: &[(QueueId, QueueId)],
+    ) -> Result<(Vec<(QueueId, u32)>, Durable), MailboxError> {
+        let mut inner = self.lock();
+        self.writable(&inner)?;
+        let from: HashSet<QueueId> = moves.iter().map(|(from, _)| *from).collect();
+        let held = inner.state.held_among(&from);
+        if held.is_empty() {
+            return Ok((held, self.barrier(&mut inner)));
+        }
+        let held_ids: HashSet<QueueId> = held.iter().map(|(id, _)| *id).collect();
+        let moves: Vec<(QueueId, QueueId)> = moves
+            .iter()
+            .filter(|(from, _)| held_ids.contains(from))
+            .copied()
+            .collect();
+        let durable = self.commit(&mut inner, vec![Op::Retarget { moves }])?;
+        Ok((held, durable))
     }
 
     /// A receiver whose value bumps on every change of this user's

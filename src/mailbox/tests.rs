@@ -657,3 +657,98 @@ const _: fn() = || {
     shared_across_threads::<UserMailboxes>();
     sent_across_threads::<Durable>();
 };
+
+#[tokio::test]
+async fn retarget_moves_every_reference_keeping_uids_flags_and_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = message(1).id;
+    let other = message(2).id;
+    let new = QueueId::new(90, 32).unwrap();
+    let before_inbox;
+    let before_archive;
+    {
+        let (store, released) = open(dir.path());
+        let user = store.user("alice").unwrap();
+        deliver(&user, INBOX, 1).await;
+        deliver(&user, INBOX, 2).await;
+        user.create("Archive").unwrap().await.unwrap();
+        // COPY: two references to one record.
+        let (_, durable) = user.copy(INBOX, &[1], "Archive").unwrap();
+        durable.await.unwrap();
+        let (_, durable) = user
+            .store_flags(INBOX, &[1], FlagOp::Add, &flags(&["\\Seen", "$Work"]))
+            .unwrap();
+        durable.await.unwrap();
+        before_inbox = user.snapshot(INBOX).unwrap();
+        before_archive = user.snapshot("Archive").unwrap();
+        let version = before_inbox.version;
+
+        let (moved, durable) = user.retarget(&[(old, new)]).unwrap();
+        durable.await.unwrap();
+        assert_eq!(moved, vec![(old, 0)]);
+        assert!(!user.holds(old, 0));
+        assert!(user.holds(new, 0));
+        assert!(user.holds(other, 0));
+        assert!(user.snapshot(INBOX).unwrap().version > version);
+        assert_eq!(
+            last_record(&journal_path(dir.path(), "alice")),
+            vec![Op::Retarget {
+                moves: vec![(old, new)]
+            }]
+        );
+        // Moving references releases nothing.
+        assert!(released.lock().unwrap().is_empty());
+        // Nothing held: no journal record, nothing reported.
+        let (none, durable) = user
+            .retarget(&[(QueueId::new(5, 8).unwrap(), QueueId::new(91, 32).unwrap())])
+            .unwrap();
+        durable.await.unwrap();
+        assert!(none.is_empty());
+        assert_eq!(
+            last_record(&journal_path(dir.path(), "alice")),
+            vec![Op::Retarget {
+                moves: vec![(old, new)]
+            }]
+        );
+    }
+    let (store, released) = open(dir.path());
+    let user = store.user("alice").unwrap();
+    for (before, folder) in [(&before_inbox, INBOX), (&before_archive, "Archive")] {
+        let after = user.snapshot(folder).unwrap();
+        assert_eq!(after.uidvalidity, before.uidvalidity);
+        assert_eq!(after.uidnext, before.uidnext);
+        assert_eq!(after.messages.len(), before.messages.len());
+        for (a, b) in after.messages.iter().zip(&before.messages) {
+            let expected = if b.id == old { new } else { b.id };
+            assert_eq!(a.id, expected);
+            assert_eq!(
+                (
+                    a.uid,
+                    a.rcpt,
+                    a.size,
+                    a.internal_date_ms,
+                    &a.flags,
+                    &a.prefix
+                ),
+                (
+                    b.uid,
+                    b.rcpt,
+                    b.size,
+                    b.internal_date_ms,
+                    &b.flags,
+                    &b.prefix
+                )
+            );
+        }
+    }
+    // The last reference to the copy goes: the copy is released, once.
+    user.delete("Archive").unwrap().await.unwrap();
+    assert!(released.lock().unwrap().is_empty());
+    let (_, durable) = user
+        .store_flags(INBOX, &[1], FlagOp::Add, &flags(&["\\Deleted"]))
+        .unwrap();
+    durable.await.unwrap();
+    let (_, durable) = user.expunge(INBOX, None).unwrap();
+    durable.await.unwrap();
+    assert_eq!(*released.lock().unwrap(), vec![(new, 0)]);
+}

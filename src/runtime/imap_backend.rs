@@ -1,7 +1,9 @@
 //! Binds the IMAP session to tern's stores: logins checked against the
 //! users file, folders and flags in the mailbox index, message bytes read
-//! from the spool record behind each message, and APPEND filed through
-//! `mailbox_append` (a new spool record, then the mailbox).
+//! from the spool record behind each message (or the copy compaction
+//! moved it to, which a view selected earlier may not know yet), and
+//! APPEND filed through `mailbox_append` (a new spool record, then the
+//! mailbox).
 //!
 //! It must never hand out message bytes of another user and never answer
 //! from anything but the stores (no cache that could go stale).
@@ -33,7 +35,7 @@ impl ImapBackend for ImapStores {
     }
 
     fn message_bytes(&self, meta: &MessageMeta) -> Option<Vec<u8>> {
-        match self.spool.read(&meta.id) {
+        match self.spool.read_moved(&meta.id) {
             Ok(view) => {
                 let mut bytes = Vec::with_capacity(meta.prefix.len() + view.data().len());
                 bytes.extend_from_slice(&meta.prefix);

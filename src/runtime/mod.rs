@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auth_throttle;
+pub mod compaction;
 pub mod imap_backend;
 pub mod imap_conn;
 pub mod listener;
@@ -110,6 +111,8 @@ pub enum StartError {
     Core { core: usize, message: String },
     #[error("{key}: {message}")]
     Setting { key: &'static str, message: String },
+    #[error("cannot start the spool compactor: {0}")]
+    Compactor(#[source] std::io::Error),
     #[error("admin socket in {dir}: {source}")]
     Admin {
         dir: String,
@@ -167,6 +170,7 @@ pub struct ServerHandle {
     config: Config,
     /// Whether `verify` trust anchors were loaded at start.
     verify_loaded: bool,
+    compactor: Option<JoinHandle<()>>,
 }
 
 impl ServerHandle {
@@ -216,6 +220,11 @@ impl ServerHandle {
         for thread in self.threads {
             if thread.join().is_err() {
                 error!("a core thread panicked during shutdown");
+            }
+        }
+        if let Some(compactor) = self.compactor.take() {
+            if compactor.join().is_err() {
+                error!("the spool compactor panicked");
             }
         }
         self.spool.close();
@@ -417,6 +426,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         reloads: reload_senders,
         config: config.clone(),
         verify_loaded: relay_parts.tls_verified.is_some(),
+        compactor: None,
     };
     for core in 0..cores {
         match ready_rx.recv() {
@@ -447,6 +457,23 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
                 dir: config.spool.dir.display().to_string(),
                 source,
             });
+        }
+    }
+    let compaction = compaction::CompactionSettings {
+        below: config.spool.compact_below,
+        interval: config.spool.compact_interval,
+    };
+    match compaction::spawn(
+        Arc::clone(&handle.spool),
+        Arc::clone(&handle.mailboxes),
+        relay_parts.users.clone(),
+        compaction,
+        shutdown_rx.clone(),
+    ) {
+        Ok(compactor) => handle.compactor = compactor,
+        Err(source) => {
+            handle.shutdown();
+            return Err(StartError::Compactor(source));
         }
     }
     info!(

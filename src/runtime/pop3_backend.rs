@@ -1,6 +1,7 @@
 //! Binds the POP3 session to tern's stores: logins checked against the
 //! users file, the maildrop is the user's INBOX in the mailbox index, and
-//! message bytes come from the spool record behind each message (the
+//! message bytes come from the spool record behind each message, or the
+//! copy compaction moved it to after the maildrop was opened (the
 //! mailbox's prefix, then the data as received).
 //!
 //! It must never let two POP3 sessions hold one maildrop (RFC 1939 8,
@@ -106,7 +107,7 @@ impl Maildrop for InboxDrop {
 
     fn content(&self, index: usize) -> Option<Vec<u8>> {
         let meta = self.messages.get(index)?;
-        match self.spool.read(&meta.id) {
+        match self.spool.read_moved(&meta.id) {
             Ok(view) => {
                 let mut bytes = Vec::with_capacity(meta.prefix.len() + view.data().len());
                 bytes.extend_from_slice(&meta.prefix);

@@ -23,6 +23,10 @@ pub enum SpoolError {
     /// The sync thread is gone (shutting down or crashed); nothing was acknowledged.
     #[error("spool sync thread stopped")]
     SyncStopped,
+    /// A message that still has recipients to deliver cannot be moved by
+    /// compaction (its copy would be delivered again).
+    #[error("message {0} still has recipients to deliver")]
+    StillQueued(String),
     /// A queue ID that does not name a live message.
     #[error("no message with queue id {0}")]
     NotFound(String),

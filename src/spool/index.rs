@@ -28,14 +28,17 @@ pub(crate) struct LiveMessage {
     /// Segments holding this message's update records; recovery needs
     /// them for as long as the MESSAGE record is live.
     pub(crate) update_segments: Vec<Arc<Segment>>,
+    /// Bytes the MESSAGE record occupies (aligned): what moving it costs.
+    pub(crate) record_len: u64,
 }
 
 impl LiveMessage {
-    pub(crate) fn new(segment: Arc<Segment>, recipients: usize) -> LiveMessage {
+    pub(crate) fn new(segment: Arc<Segment>, recipients: usize, record_len: u64) -> LiveMessage {
         LiveMessage {
             segment,
             states: vec![(RecipientState::Pending, 0); recipients],
             update_segments: Vec::new(),
+            record_len,
         }
     }
 
@@ -66,9 +69,30 @@ impl LiveMessage {
         self.states.iter().all(|(state, _)| state.is_final())
     }
 
+    /// Nothing is left to deliver (see [`Holding::movable`]).
+    pub(crate) fn movable(&self) -> bool {
+        self.states
+            .iter()
+            .all(|(state, _)| *state == RecipientState::InMailbox || state.is_final())
+    }
+
     pub(crate) fn current_states(&self) -> Vec<RecipientState> {
         self.states.iter().map(|(state, _)| state.clone()).collect()
     }
+}
+
+/// Which segments one live message keeps alive, whether it may move and
+/// the size of its MESSAGE record: what compaction plans with.
+pub(crate) struct Holding {
+    pub(crate) id: QueueId,
+    /// Seq of the segment holding the MESSAGE record.
+    pub(crate) segment: u64,
+    /// Seqs of the segments holding its update records.
+    pub(crate) update_segments: Vec<u64>,
+    /// Nothing is left to deliver: every recipient is in a mailbox or
+    /// final. Only such a message may be copied elsewhere.
+    pub(crate) movable: bool,
+    pub(crate) record_len: u64,
 }
 
 /// What a reader needs to find a live message's bytes.
@@ -157,6 +181,27 @@ impl Index {
         out
     }
 
+    /// Every live message with the segments it holds.
+    pub(crate) fn holdings(&self) -> Vec<Holding> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            for (id, m) in lock(shard).iter() {
+                out.push(Holding {
+                    id: *id,
+                    segment: m.segment.seq(),
+                    update_segments: m.update_segments.iter().map(|s| s.seq()).collect(),
+                    movable: m.movable(),
+                    record_len: m.record_len,
+                });
+            }
+        }
+        out
+    }
+
+    pub(crate) fn contains(&self, id: &QueueId) -> bool {
+        self.shard(id).contains_key(id)
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.shards.iter().map(|s| lock(s).len()).sum()
@@ -175,7 +220,7 @@ mod tests {
     fn latest_update_wins_whatever_the_arrival_order() {
         let dir = tempfile::tempdir().unwrap();
         let seg = segment(dir.path(), 1);
-        let mut message = LiveMessage::new(Arc::clone(&seg), 2);
+        let mut message = LiveMessage::new(Arc::clone(&seg), 2, 64);
         let deferred = RecipientState::Deferred {
             until_ms: 9,
             attempts: 1,
@@ -204,7 +249,7 @@ mod tests {
         let other = segment(dir.path(), 2);
         let index = Index::new();
         let id = QueueId::new(1, 0).unwrap();
-        index.insert(id, LiveMessage::new(Arc::clone(&home), 2));
+        index.insert(id, LiveMessage::new(Arc::clone(&home), 2, 64));
         assert_eq!(Arc::strong_count(&home), 2);
         assert!(index
             .apply(&id, 1, &[(0, RecipientState::Delivered)], &other)
@@ -230,6 +275,24 @@ mod tests {
         drop(done);
         assert_eq!(Arc::strong_count(&home), 1);
         assert_eq!(Arc::strong_count(&other), 1);
+    }
+
+    #[test]
+    fn only_a_message_with_nothing_left_to_deliver_is_movable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut message = LiveMessage::new(segment(dir.path(), 1), 3, 64);
+        assert!(!message.movable());
+        let bounced = RecipientState::Bounced { reason: "x".into() };
+        message.apply(1, &[(0, RecipientState::InMailbox), (1, bounced)]);
+        let deferred = RecipientState::Deferred {
+            until_ms: 1,
+            attempts: 1,
+            last_error: "451".into(),
+        };
+        message.apply(2, &[(2, deferred)]);
+        assert!(!message.movable());
+        message.apply(3, &[(2, RecipientState::Delivered)]);
+        assert!(message.movable());
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub(crate) fn register_counters() {
         "tern_spool_segments_created_total",
         "tern_spool_segments_recycled_total",
         "tern_spool_segments_deleted_total",
+        "tern_spool_compactions_total",
+        "tern_spool_compacted_records_total",
+        "tern_spool_compacted_bytes_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -137,6 +140,7 @@ pub(crate) fn take_segment(shared: &Shared, purpose: Purpose) -> Result<Arc<Segm
             drop(state);
             pool.wake.notify_one();
             let segment = Arc::new(segment);
+            shared.start_appending(segment.seq());
             shared.register(Arc::clone(&segment));
             publish_gauges(shared);
             return Ok(segment);

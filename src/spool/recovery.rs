@@ -82,6 +82,7 @@ enum Found {
         offset: u64,
         recipients: usize,
         dead: bool,
+        len: u64,
     },
     Update(UpdateRecord),
 }
@@ -111,6 +112,7 @@ fn scan(bytes: &[u8], life: SegmentLife) -> (Vec<Found>, Option<Tail>) {
                         offset,
                         recipients: m.envelope.recipients.len(),
                         dead: m.dead,
+                        len: decoded.len,
                     },
                     Record::RecipientUpdate(update) => Found::Update(update),
                 });
@@ -161,9 +163,11 @@ fn collect(
                     offset,
                     recipients,
                     dead,
+                    len,
                 } => {
                     if let (false, Some(id)) = (dead, QueueId::new(segment.seq(), offset)) {
-                        messages.insert(id, LiveMessage::new(Arc::clone(segment), recipients));
+                        let message = LiveMessage::new(Arc::clone(segment), recipients, len);
+                        messages.insert(id, message);
                     }
                 }
                 Found::Update(update) => updates.push((Arc::clone(segment), update)),

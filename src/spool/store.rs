@@ -5,7 +5,7 @@
 //! This module wires the parts together; it must never write records
 //! itself (writers do) nor report a message before it is durable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -106,6 +106,12 @@ pub(crate) struct Shared {
     /// Finished messages whose dead mark could not be made durable: their
     /// segments stay in use until restart, when recovery finishes them.
     pinned: Mutex<Vec<LiveMessage>>,
+    /// Seqs of the segments writers are appending to: never compacted.
+    appending: Mutex<HashSet<u64>>,
+    /// Messages compaction moved, old id to new id, so that a reader
+    /// holding an old id (a POP3 maildrop, an IMAP view) still finds the
+    /// bytes; see `spool::compact`.
+    pub(crate) moves: Mutex<HashMap<QueueId, QueueId>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,6 +150,27 @@ impl Shared {
 
     pub(crate) fn pin(&self, messages: Vec<LiveMessage>) {
         lock(&self.pinned).extend(messages);
+    }
+
+    pub(crate) fn start_appending(&self, seq: u64) {
+        lock(&self.appending).insert(seq);
+    }
+
+    pub(crate) fn stop_appending(&self, seq: u64) {
+        lock(&self.appending).remove(&seq);
+    }
+
+    /// Segments in use that no writer appends to any more, with their
+    /// sizes; only those whose header is of their current life.
+    pub(crate) fn sealed_segments(&self) -> Vec<(u64, u64)> {
+        let appending = lock(&self.appending).clone();
+        self.segments
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|s| s.life().is_some() && !appending.contains(&s.seq()))
+            .map(|s| (s.seq(), s.len()))
+            .collect()
     }
 }
 
@@ -283,6 +310,8 @@ impl Spool {
             syncs: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             pinned: Mutex::new(Vec::new()),
+            appending: Mutex::new(HashSet::new()),
+            moves: Mutex::new(HashMap::new()),
             config,
         });
         for (id, message) in recovered.live {
@@ -308,17 +337,31 @@ impl Spool {
     /// A writer for one core (own active segment + own sync thread). `core`
     /// is used in thread names and logs only.
     pub fn writer(self: &Arc<Self>, core: usize) -> Result<SpoolWriter, SpoolError> {
+        self.spawn_writer(format!("tern-sync-{core}"), format!("core {core}"))
+    }
+
+    /// The compactor's writer: its copies of long-lived mailbox records
+    /// fill segments of their own, apart from the cores' fresh mail.
+    pub fn compaction_writer(self: &Arc<Self>) -> Result<SpoolWriter, SpoolError> {
+        self.spawn_writer("tern-sync-compact".into(), "compactor".into())
+    }
+
+    fn spawn_writer(
+        self: &Arc<Self>,
+        thread: String,
+        owner: String,
+    ) -> Result<SpoolWriter, SpoolError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(SpoolError::SyncStopped);
         }
         let (tx, rx) = mpsc::channel();
         let shared = Arc::clone(&self.shared);
         let handle = thread::Builder::new()
-            .name(format!("tern-sync-{core}"))
+            .name(thread)
             .spawn(move || sync::run(shared, rx))
             .map_err(io_error(&self.shared.config.dir))?;
         lock(&self.threads).syncers.push((tx.clone(), handle));
-        Ok(SpoolWriter::new(Arc::clone(&self.shared), core, tx))
+        Ok(SpoolWriter::new(Arc::clone(&self.shared), owner, tx))
     }
 
     /// All live (non-final) messages at this moment, in arrival order.
@@ -355,22 +398,30 @@ impl Spool {
     /// Read one message by id: envelope, per-recipient states, data
     /// (borrowed from the map, checksum verified).
     pub fn read(&self, id: &QueueId) -> Result<MessageView, SpoolError> {
-        let Located {
-            segment, states, ..
-        } = self
+        let located = self
             .shared
             .index
             .locate(id)
             .ok_or_else(|| SpoolError::NotFound(id.to_string()))?;
-        let (envelope, data) = message_at(&segment, id, true)?;
+        self.view(*id, located)
+    }
+
+    /// The view of a located message (its record verified).
+    pub(crate) fn view(&self, id: QueueId, located: Located) -> Result<MessageView, SpoolError> {
+        let Located { segment, states } = located;
+        let (envelope, data) = message_at(&segment, &id, true)?;
         Ok(MessageView {
-            id: *id,
+            id,
             envelope,
             states,
             size: data.len() as u64,
             segment,
             data,
         })
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Read-only scan for offline tools; never writes. Arrival order.
@@ -403,6 +454,11 @@ impl Spool {
             .collect();
         out.sort_by_key(|m| (m.envelope.received_at_ms, m.id));
         Ok(out)
+    }
+
+    /// `[spool] segment_size`.
+    pub fn segment_size(&self) -> u64 {
+        self.shared.config.segment_size
     }
 
     /// fdatasyncs issued so far (group commit makes this far smaller than

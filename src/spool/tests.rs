@@ -513,3 +513,215 @@ fn spool_is_shareable_across_core_threads() {
     send::<SpoolWriter>();
     send::<Commit>();
 }
+
+/// Fills segments through `writer` until the first one is sealed: returns
+/// the ids appended, in order (the first ones sit in a sealed segment).
+async fn fill_one_segment(writer: &mut SpoolWriter, body: &[u8]) -> Vec<QueueId> {
+    let mut ids = vec![append(writer, 1, body).await];
+    while ids.last().unwrap().segment_seq() == ids[0].segment_seq() {
+        ids.push(append(writer, 1, body).await);
+    }
+    ids
+}
+
+async fn set_states(writer: &mut SpoolWriter, ids: &[QueueId], state: RecipientState) {
+    for id in ids {
+        writer
+            .update_recipients(id, &[(0, state.clone())])
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}
+
+fn limits(below: f64) -> CompactionLimits {
+    CompactionLimits {
+        below,
+        max_bytes: SEGMENT,
+        max_messages: 1000,
+    }
+}
+
+#[tokio::test]
+async fn a_copy_carries_bytes_envelope_and_states_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(3000, 7);
+    let (original, copy) = {
+        let spool = Spool::open(config(dir.path())).unwrap();
+        let mut writer = spool.writer(0).unwrap();
+        let (original, commit) = writer.append(&sample_envelope(3), &body).unwrap();
+        commit.await.unwrap();
+        let states = [
+            (0, RecipientState::InMailbox),
+            (1, RecipientState::Delivered),
+            (2, RecipientState::Pending),
+        ];
+        writer
+            .update_recipients(&original, &states)
+            .unwrap()
+            .await
+            .unwrap();
+        // A recipient still to deliver: the message must not move.
+        let view = spool.read(&original).unwrap();
+        assert!(matches!(
+            writer.append_copy(&view),
+            Err(SpoolError::StillQueued(_))
+        ));
+        let bounced = RecipientState::Bounced {
+            reason: "550 no".into(),
+        };
+        writer
+            .update_recipients(&original, &[(2, bounced)])
+            .unwrap()
+            .await
+            .unwrap();
+        let view = spool.read(&original).unwrap();
+        let mut compactor = spool.compaction_writer().unwrap();
+        let (copy, commit) = compactor.append_copy(&view).unwrap();
+        commit.await.unwrap();
+        assert_ne!(copy.segment_seq(), original.segment_seq());
+        let copied = spool.read(&copy).unwrap();
+        assert_eq!(copied.data(), &body[..]);
+        assert_eq!(copied.envelope, view.envelope);
+        assert_eq!(copied.states, view.states);
+        spool.close();
+        (original, copy)
+    };
+    let spool = Spool::open(config(dir.path())).unwrap();
+    let before = spool.read(&original).unwrap();
+    let after = spool.read(&copy).unwrap();
+    assert_eq!(after.data(), &body[..]);
+    assert_eq!(after.states, before.states);
+    assert_eq!(after.states[0], RecipientState::InMailbox);
+    assert_eq!(after.states[1], RecipientState::Delivered);
+}
+
+#[tokio::test]
+async fn a_torn_copy_is_absent_after_a_crash_never_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = data(2000, 3);
+    let copy = {
+        let spool = Spool::open(config(dir.path())).unwrap();
+        let mut writer = spool.writer(0).unwrap();
+        let original = append(&mut writer, 1, &body).await;
+        set_states(&mut writer, &[original], RecipientState::InMailbox).await;
+        let mut compactor = spool.compaction_writer().unwrap();
+        let (copy, commit) = compactor
+            .append_copy(&spool.read(&original).unwrap())
+            .unwrap();
+        commit.await.unwrap();
+        spool.close();
+        copy
+    };
+    // The state update sits right before the copy's MESSAGE record; as if
+    // only the MESSAGE had reached the disk, zero the update's header.
+    let path = segment_path(dir.path(), copy.segment_seq());
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0u8; 24], segment::FIRST_RECORD)
+        .unwrap();
+    drop(file);
+    let spool = Spool::open(config(dir.path())).unwrap();
+    assert!(matches!(spool.read(&copy), Err(SpoolError::NotFound(_))));
+    let queued = spool.queued();
+    assert_eq!(queued.len(), 1, "only the original: {queued:?}");
+    assert_eq!(queued[0].states, [RecipientState::InMailbox]);
+}
+
+#[tokio::test]
+async fn moving_every_holder_frees_a_sparse_sealed_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(config(dir.path())).unwrap();
+    let mut writer = spool.writer(0).unwrap();
+    let body = data(4000, 9);
+    let ids = fill_one_segment(&mut writer, &body).await;
+    let sealed = ids[0].segment_seq();
+    let first: Vec<QueueId> = ids
+        .iter()
+        .copied()
+        .filter(|id| id.segment_seq() == sealed)
+        .collect();
+    assert!(first.len() > 8, "{} messages per segment", first.len());
+    // Every message goes to a mailbox; most are then released.
+    set_states(&mut writer, &ids, RecipientState::InMailbox).await;
+    let (kept, gone) = first.split_at(2);
+    set_states(&mut writer, gone, RecipientState::Delivered).await;
+    // Still appended to: the active segment is never planned.
+    let plan = spool.plan_compaction(&limits(0.25), &Default::default());
+    assert!(!plan.segments.contains(&ids.last().unwrap().segment_seq()));
+    assert!(plan.segments.contains(&sealed), "{plan:?}");
+    for id in kept {
+        assert!(plan.messages.contains(id), "{plan:?}");
+    }
+    assert!(spool
+        .plan_compaction(&limits(0.0), &Default::default())
+        .segments
+        .is_empty());
+
+    let reader = spool.read(&kept[0]).unwrap();
+    let mut compactor = spool.compaction_writer().unwrap();
+    let mut moved = Vec::new();
+    for id in &plan.messages {
+        let (copy, commit) = compactor.append_copy(&spool.read(id).unwrap()).unwrap();
+        commit.await.unwrap();
+        moved.push((*id, copy));
+    }
+    spool.record_moves(&moved);
+    for (id, _) in &moved {
+        compactor
+            .update_recipients(id, &[(0, RecipientState::Delivered)])
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // A reader holding the old id follows the move; one holding a view
+    // keeps the old bytes (and segment) until it lets go.
+    let followed = spool.read_moved(&kept[0]).unwrap();
+    assert_eq!(followed.data(), &body[..]);
+    assert_ne!(followed.id, kept[0]);
+    assert_eq!(reader.data(), &body[..]);
+    let old_file = segment_path(dir.path(), sealed);
+    assert!(old_file.exists(), "held by the reader's view");
+    drop(reader);
+    assert!(eventually(|| !old_file.exists()), "sparse segment recycled");
+    assert_eq!(spool.moves_remembered(), moved.len());
+    for (_, copy) in &moved {
+        compactor
+            .update_recipients(copy, &[(0, RecipientState::Delivered)])
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    spool.prune_moves();
+    assert_eq!(spool.moves_remembered(), 0);
+    assert!(matches!(
+        spool.read_moved(&kept[0]),
+        Err(SpoolError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_segment_holding_a_queued_message_is_not_planned() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(config(dir.path())).unwrap();
+    let mut writer = spool.writer(0).unwrap();
+    let ids = fill_one_segment(&mut writer, &data(4000, 1)).await;
+    let sealed = ids[0].segment_seq();
+    let first: Vec<QueueId> = ids
+        .iter()
+        .copied()
+        .filter(|id| id.segment_seq() == sealed)
+        .collect();
+    // One message waits for relay (deferred), one sits in a mailbox.
+    let deferred = RecipientState::Deferred {
+        until_ms: u64::MAX,
+        attempts: 1,
+        last_error: "451".into(),
+    };
+    set_states(&mut writer, &first[..1], deferred).await;
+    set_states(&mut writer, &first[1..2], RecipientState::InMailbox).await;
+    set_states(&mut writer, &first[2..], RecipientState::Delivered).await;
+    let plan = spool.plan_compaction(&limits(0.25), &Default::default());
+    assert!(!plan.segments.contains(&sealed), "{plan:?}");
+    assert!(!plan.messages.contains(&first[0]));
+    assert!(!plan.messages.contains(&first[1]));
+}

@@ -1,6 +1,7 @@
-//! `SpoolWriter`: one core's append path. Records are written with pwrite
-//! at the active segment's append offset on the caller's thread; the
-//! writer's sync thread makes them durable in batches.
+//! `SpoolWriter`: one core's (or the compactor's) append path. Records
+//! are written with pwrite at the active segment's append offset on the
+//! caller's thread; the writer's sync thread makes them durable in
+//! batches.
 //!
 //! This module must never report a record durable itself (only the sync
 //! thread does), and never leave the writer unusable after an I/O error:
@@ -15,11 +16,12 @@ use super::id::QueueId;
 use super::index::LiveMessage;
 use super::pool::{take_segment, Purpose};
 use super::record::{
-    encode_message_head, encode_update, seal_record, SegmentLife, UpdateRecord, HEADER_LEN,
+    encode_message_head, encode_update, seal_record, PayloadTooLong, SegmentLife, UpdateRecord,
+    HEADER_LEN,
 };
 use super::segment::{Segment, FIRST_RECORD};
 use super::state::RecipientState;
-use super::store::Shared;
+use super::store::{MessageView, Shared};
 use super::sync::{Commit, Durable, SyncJob, SyncMsg};
 use super::SpoolError;
 use crate::envelope::Envelope;
@@ -31,10 +33,12 @@ struct Active {
     offset: u64,
 }
 
-/// Appends for one core. Single-threaded by design: each core owns one.
+/// Appends for one core (or the compactor). Single-threaded by design:
+/// each owner has its own.
 pub struct SpoolWriter {
     shared: Arc<Shared>,
-    core: usize,
+    /// Who appends through this writer, for logs: "core 0", "compactor".
+    owner: String,
     active: Option<Active>,
     sync: Sender<SyncMsg>,
     /// Reused encoding buffer (header and envelope, or a whole update).
@@ -42,10 +46,10 @@ pub struct SpoolWriter {
 }
 
 impl SpoolWriter {
-    pub(crate) fn new(shared: Arc<Shared>, core: usize, sync: Sender<SyncMsg>) -> SpoolWriter {
+    pub(crate) fn new(shared: Arc<Shared>, owner: String, sync: Sender<SyncMsg>) -> SpoolWriter {
         SpoolWriter {
             shared,
-            core,
+            owner,
             active: None,
             sync,
             buf: Vec::new(),
@@ -73,7 +77,81 @@ impl SpoolWriter {
         seal_record(&mut self.buf, life, data);
         segment.write_at(&self.buf, offset)?;
         segment.write_at(data, offset + self.buf.len() as u64)?;
-        let message = LiveMessage::new(Arc::clone(&segment), envelope.recipients.len());
+        let message = LiveMessage::new(Arc::clone(&segment), envelope.recipients.len(), len);
+        let commit = self.submit(segment, Durable::Message { id, message })?;
+        Ok((id, commit))
+    }
+
+    /// Writes a copy of `original` as a new message record carrying the
+    /// same recipient states (compaction, see `spool::compact`). Returns
+    /// the copy's id and a future that resolves once it is durable; the
+    /// copy is live from then on, the original untouched.
+    ///
+    /// Only a message nothing remains to be delivered for can be copied
+    /// (every recipient in a mailbox or final): a copy of a queued
+    /// message would be delivered twice. The states go into a
+    /// RECIPIENT_UPDATE placed just before the MESSAGE record in the same
+    /// reservation; the chain of records passes through the update to
+    /// reach the message, so after a crash the copy is either absent or
+    /// present with its states, never pending.
+    pub fn append_copy(&mut self, original: &MessageView) -> Result<(QueueId, Commit), SpoolError> {
+        self.check_open()?;
+        if original
+            .states
+            .iter()
+            .any(|s| matches!(s, RecipientState::Pending | RecipientState::Deferred { .. }))
+        {
+            return Err(SpoolError::StillQueued(original.id.to_string()));
+        }
+        let segment_size = self.shared.config.segment_size;
+        let too_large = |too_long: PayloadTooLong| SpoolError::TooLarge {
+            len: too_long.0 + HEADER_LEN as u64,
+            segment_size,
+        };
+        let data = original.data();
+        let message_len = encode_message_head(&mut self.buf, &original.envelope, data.len())
+            .map_err(too_large)?;
+        let changes: Vec<(usize, RecipientState)> = original
+            .states
+            .iter()
+            .cloned()
+            .enumerate()
+            .filter(|(_, state)| *state != RecipientState::Pending)
+            .collect();
+        let mut record = UpdateRecord {
+            update_seq: self.shared.next_update_seq.fetch_add(1, Ordering::Relaxed),
+            // Replaced below once the copy's place is known; the encoded
+            // length does not depend on the id.
+            message: original.id,
+            changes: changes
+                .iter()
+                .map(|(index, state)| (u32::try_from(*index).unwrap_or(u32::MAX), state.clone()))
+                .collect(),
+        };
+        let mut update = Vec::new();
+        let update_len = encode_update(&mut update, &record).map_err(too_large)?;
+        // Compaction frees more than it copies (a planned segment's holders
+        // take at most half of it), so under `[spool] max_size` it may use
+        // the segment held back for updates: a spool full of segments that
+        // mailbox records pin must still be able to compact itself.
+        let (segment, life, offset) =
+            self.reserve(update_len + message_len, Purpose::RecipientUpdate)?;
+        let at = offset + update_len;
+        let id = QueueId::new(segment.seq(), at).ok_or_else(|| self.exhausted(&segment))?;
+        record.message = id;
+        encode_update(&mut update, &record).map_err(too_large)?;
+        seal_record(&mut update, life, &[]);
+        seal_record(&mut self.buf, life, data);
+        segment.write_at(&update, offset)?;
+        segment.write_at(&self.buf, at)?;
+        segment.write_at(data, at + self.buf.len() as u64)?;
+        let mut message = LiveMessage::new(
+            Arc::clone(&segment),
+            original.envelope.recipients.len(),
+            message_len,
+        );
+        message.apply(record.update_seq, &changes);
+        message.hold(&segment);
         let commit = self.submit(segment, Durable::Message { id, message })?;
         Ok((id, commit))
     }
@@ -157,8 +235,9 @@ impl SpoolWriter {
             Some(active) if fits(&active) => active,
             sealed => {
                 if let Some(old) = sealed {
+                    self.shared.stop_appending(old.segment.seq());
                     tracing::debug!(
-                        core = self.core,
+                        writer = %self.owner,
                         seq = old.segment.seq(),
                         "spool segment sealed"
                     );
@@ -167,7 +246,7 @@ impl SpoolWriter {
                 }
                 let segment = take_segment(&self.shared, purpose)?;
                 tracing::debug!(
-                    core = self.core,
+                    writer = %self.owner,
                     seq = segment.seq(),
                     "spool segment active"
                 );
@@ -225,7 +304,8 @@ impl Drop for SpoolWriter {
     fn drop(&mut self) {
         // Queued commits still complete: the thread drains before exiting.
         let _ = self.sync.send(SyncMsg::Stop);
-        if self.active.take().is_some() {
+        if let Some(active) = self.active.take() {
+            self.shared.stop_appending(active.segment.seq());
             self.shared.pool.wake();
         }
     }
