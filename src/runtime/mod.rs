@@ -30,6 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, IoMode, OutboundTls};
 use crate::imap::ImapConfig;
+use crate::mailauth::{DkimSigners, InboundAuth, InboundSettings, RejectPolicy};
 use crate::mailbox::MailboxStore;
 use crate::pop3::{Pop3Config, AUTOLOGOUT_MIN};
 use crate::queue::retry::RetryPolicy;
@@ -107,6 +108,8 @@ pub enum StartError {
     Core { core: usize, message: String },
     #[error("{key}: {message}")]
     Setting { key: &'static str, message: String },
+    #[error(transparent)]
+    DkimKey(#[from] crate::mailauth::SigningSetupError),
     #[error("admin socket in {dir}: {source}")]
     Admin {
         dir: String,
@@ -279,6 +282,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     })?;
     let relay_parts = RelayParts::from_config(config, cores, &mailboxes)?;
     delivery::register_metrics();
+    crate::mailauth::register_metrics();
     // Each core delivers the recovered messages of some segments: spread
     // by segment so that the cores share the backlog after a restart.
     let mut recovered: Vec<Vec<(QueueId, Vec<RecipientState>)>> =
@@ -403,6 +407,10 @@ struct RelayParts {
     tls_verified: Option<Arc<rustls::ClientConfig>>,
     users: UsersHandle,
     mailboxes: Arc<MailboxStore>,
+    /// Checks of inbound mail; None when `[mail_auth]` verifies nothing.
+    inbound_auth: Option<InboundSettings>,
+    /// DKIM keys of outbound mail; None without `[[mail_auth.signing]]`.
+    dkim: Option<Arc<DkimSigners>>,
 }
 
 impl RelayParts {
@@ -465,6 +473,8 @@ impl RelayParts {
                 message: e.to_string(),
             })?,
             mailboxes: Arc::clone(mailboxes),
+            inbound_auth: inbound_auth_settings(config),
+            dkim: dkim_signers(config)?,
         })
     }
 
@@ -479,6 +489,38 @@ impl RelayParts {
             admin,
         }
     }
+}
+
+/// What `[mail_auth]` asks of inbound mail, or None when it verifies nothing.
+fn inbound_auth_settings(config: &Config) -> Option<InboundSettings> {
+    let auth = &config.mail_auth;
+    (auth.verify_spf || auth.verify_dkim).then(|| InboundSettings {
+        verify_spf: auth.verify_spf,
+        verify_dkim: auth.verify_dkim,
+        verify_dmarc: auth.verify_dmarc,
+        reject: RejectPolicy {
+            spf_fail: auth.spf_reject_fail,
+            dmarc_reject: auth.dmarc_reject,
+        },
+        authserv_id: config.authserv_id(),
+        hostname: config.hostname(),
+        check_timeout: auth.check_timeout,
+        access: mynetworks_access(config),
+    })
+}
+
+/// The DKIM keys, loaded once here, or None when none is configured.
+fn dkim_signers(config: &Config) -> Result<Option<Arc<DkimSigners>>, StartError> {
+    if config.mail_auth.signing.is_empty() {
+        return Ok(None);
+    }
+    let signers = DkimSigners::load(&config.mail_auth.signing, mynetworks_access(config))?;
+    Ok(Some(Arc::new(signers)))
+}
+
+/// Who is trusted for mail authentication: `[relay] mynetworks`.
+fn mynetworks_access(config: &Config) -> RelayAccess {
+    RelayAccess::new(&config.relay.mynetworks, &[], &[])
 }
 
 fn addrs_of(bound: &[BoundAddress], kind: ListenerKind) -> Vec<SocketAddr> {
@@ -590,6 +632,7 @@ where
             tls_verified: parts.tls_verified,
             users: parts.users.clone(),
             mailboxes: Arc::clone(&parts.mailboxes),
+            dkim: parts.dkim.clone(),
         },
         Rc::clone(&scheduler),
         Arc::clone(&spool),
@@ -636,6 +679,9 @@ where
         spool: writer,
         scheduler: Rc::clone(&scheduler),
         recipient_hook,
+        mail_auth: parts
+            .inbound_auth
+            .map(|settings| Rc::new(InboundAuth::new(resolver.resolver(), settings))),
     });
     let active = Rc::new(Cell::new(0usize));
     let mut accept_loops = Vec::new();

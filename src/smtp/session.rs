@@ -299,6 +299,18 @@ impl ServerSession {
         self.phase = Phase::Command;
     }
 
+    /// The runtime refused the message of the last `SessionEvent::Message`
+    /// on a policy check (mail authentication): `reply` is sent, nothing
+    /// was queued, and the transaction is reset.
+    pub fn message_refused(&mut self, reply: &Reply) {
+        if !matches!(self.phase, Phase::AwaitingStore) {
+            return;
+        }
+        self.send(reply);
+        self.transaction = None;
+        self.phase = Phase::Command;
+    }
+
     /// TLS handshake finished: session resets to the state after greeting (RFC 3207 4.2:
     /// client must EHLO again), marks tls active, no longer advertises STARTTLS.
     pub fn tls_started(&mut self) {
