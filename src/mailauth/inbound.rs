@@ -172,15 +172,20 @@ impl InboundAuth {
         if let Some(dkim) = &dkim {
             results = results.with_dkim_results(dkim, author);
         }
-        if let Some(dmarc) = &dmarc {
-            results = results.with_dmarc_result(dmarc);
-        }
         recorded.push_str("Authentication-Results: ");
         recorded.push_str(&results.to_string());
         // RFC 8601 2.7.1: "none" for a message without a signature;
         // mail-auth writes an entry per signature only.
         if dkim.as_ref().is_some_and(|dkim| dkim.is_empty()) {
             recorded.push_str(";\r\n\tdkim=none (no signature)");
+        }
+        if let Some(dmarc) = &dmarc {
+            // An empty authserv-id makes mail-auth write the entry alone.
+            recorded.push_str(
+                &AuthenticationResults::new("")
+                    .with_dmarc_result(dmarc)
+                    .to_string(),
+            );
         }
         recorded.push_str("\r\n");
         debug!(client = %ip, results = %recorded.trim_end(), "mail authentication");
