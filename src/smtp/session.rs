@@ -1242,6 +1242,26 @@ mod tests {
     }
 
     #[test]
+    fn refused_message_gets_the_reply_and_the_transaction_resets() {
+        let mut session = new_session(false, false);
+        session.receive(
+            b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\nx\r\n.\r\nRCPT TO:<u@d.example>\r\n",
+        );
+        assert!(matches!(session.poll(), SessionEvent::Message(_)));
+        session.consume_output(usize::MAX);
+        session.message_refused(&Reply::new(550, status(5, 7, 23), "SPF check failed"));
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        assert_eq!(
+            String::from_utf8_lossy(session.output()),
+            "550 5.7.23 SPF check failed\r\n503 5.5.1 Error: need MAIL command\r\n"
+        );
+        // Outside a stored-message wait it does nothing.
+        session.consume_output(usize::MAX);
+        session.message_refused(&Reply::new(550, status(5, 7, 1), "late"));
+        assert!(session.output().is_empty());
+    }
+
+    #[test]
     fn storage_failures() {
         let transaction = b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<u@d.example>\r\nDATA\r\nx\r\n.\r\n";
         let full = SpoolError::Full { used: 1, limit: 1 };
