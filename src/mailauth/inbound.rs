@@ -24,6 +24,7 @@ use tracing::debug;
 
 use super::fields::without_forged_results;
 use super::is_trusted;
+use super::lookup_cache::LookupCache;
 use super::policy::{dkim_label, dmarc_label, spf_label, RejectPolicy};
 use crate::envelope::Envelope;
 use crate::smtp::{IncomingMessage, RelayAccess, Reply};
@@ -48,6 +49,7 @@ pub struct InboundSettings {
 /// One core's checker (the resolver is the core's, like the relay's).
 pub struct InboundAuth {
     authenticator: MessageAuthenticator,
+    cache: LookupCache,
     settings: InboundSettings,
 }
 
@@ -77,6 +79,7 @@ impl InboundAuth {
     pub fn new(resolver: TokioResolver, settings: InboundSettings) -> InboundAuth {
         InboundAuth {
             authenticator: MessageAuthenticator(resolver),
+            cache: LookupCache::new(),
             settings,
         }
     }
@@ -107,7 +110,7 @@ impl InboundAuth {
                 (Some(parsed), true) => Some(
                     tokio::time::timeout(
                         settings.check_timeout,
-                        self.authenticator.verify_dkim(parsed),
+                        self.authenticator.verify_dkim(self.cache.params(parsed)),
                     )
                     .await
                     .unwrap_or_else(|_| vec![DkimOutput::temp_err(timed_out())]),
@@ -127,7 +130,7 @@ impl InboundAuth {
                 Some(
                     tokio::time::timeout(
                         settings.check_timeout,
-                        self.authenticator.verify_dmarc(params),
+                        self.authenticator.verify_dmarc(self.cache.params(params)),
                     )
                     .await
                     .unwrap_or_else(|_| {
@@ -228,7 +231,7 @@ impl InboundAuth {
     async fn bounded_spf(&self, params: SpfParameters<'_>, domain: &str) -> SpfOutput {
         tokio::time::timeout(
             self.settings.check_timeout,
-            self.authenticator.verify_spf(params),
+            self.authenticator.verify_spf(self.cache.params(params)),
         )
         .await
         .unwrap_or_else(|_| SpfOutput::new(domain.to_string()).with_result(SpfResult::TempError))

@@ -12,6 +12,7 @@
 
 mod fields;
 mod inbound;
+mod lookup_cache;
 mod policy;
 mod signing;
 
