@@ -50,7 +50,13 @@ impl<V: Clone> ResolverCache<Box<str>, V> for Answers<V> {
     }
 
     fn insert(&self, name: Box<str>, value: V, valid_until: Instant) {
-        let now = Instant::now();
+        self.insert_at(name, value, valid_until, Instant::now());
+    }
+}
+
+impl<V> Answers<V> {
+    /// Keep `value` from `now` until `valid_until`, or for `TTL_MAX`.
+    fn insert_at(&self, name: Box<str>, value: V, valid_until: Instant, now: Instant) {
         let ttl = valid_until.saturating_duration_since(now).min(TTL_MAX);
         self.0.borrow_mut().insert(name, value, ttl, now);
     }
@@ -104,13 +110,24 @@ mod tests {
     fn answers_live_for_their_ttl_capped() {
         let answers: Answers<u32> = Answers::new(4);
         let now = Instant::now();
-        answers.insert("short.example.".into(), 1, now + Duration::from_secs(300));
-        answers.insert("long.example.".into(), 2, now + Duration::from_secs(86_400));
-        answers.insert("stale.example.".into(), 3, now);
+        answers.insert_at(
+            "short.example.".into(),
+            1,
+            now + Duration::from_secs(300),
+            now,
+        );
+        answers.insert_at(
+            "long.example.".into(),
+            2,
+            now + Duration::from_secs(86_400),
+            now,
+        );
+        answers.insert_at("stale.example.".into(), 3, now, now);
         assert_eq!(answers.get("short.example."), Some(1));
         assert_eq!(answers.get("long.example."), Some(2));
         assert_eq!(answers.get("stale.example."), None);
         let long = answers.0.borrow();
+        assert_eq!(long.get("long.example.", now + TTL_MAX / 2), Some(&2));
         assert_eq!(long.get("long.example.", now + TTL_MAX), None);
         assert_eq!(
             long.get("short.example.", now + Duration::from_secs(300)),
