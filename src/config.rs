@@ -64,6 +64,7 @@ pub struct Config {
     pub submission: SubmissionSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
+    pub mail_auth: MailAuthSection,
 }
 
 /// Where local users (mailbox owners and, later, submission accounts) live.
@@ -303,6 +304,98 @@ pub struct MetricsSection {
     /// Prometheus scrape address (`/metrics`); empty string disables it.
     #[serde(with = "optional_addr")]
     pub listen: Option<SocketAddr>,
+}
+
+/// `[mail_auth]`: SPF, DKIM and DMARC checks of inbound mail (from clients
+/// outside `[relay] mynetworks` that did not authenticate) and DKIM signing
+/// of mail that leaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailAuthSection {
+    /// Check SPF (HELO, then MAIL FROM) and record the result.
+    pub verify_spf: bool,
+    /// Verify DKIM signatures and record the results.
+    pub verify_dkim: bool,
+    /// Evaluate DMARC (needs verify_spf and verify_dkim) and record it.
+    pub verify_dmarc: bool,
+    /// Refuse a message whose SPF result is `fail` (550 5.7.23).
+    pub spf_reject_fail: bool,
+    /// Refuse a message that fails DMARC when its domain publishes
+    /// `p=reject` (550 5.7.1).
+    pub dmarc_reject: bool,
+    /// authserv-id of `Authentication-Results:` (RFC 8601 2.5); empty =
+    /// `[server] hostname`.
+    pub authserv_id: String,
+    /// Longest wait for each check (SPF, DKIM, DMARC); past it the check
+    /// counts as `temperror`.
+    #[serde(with = "duration_text")]
+    pub check_timeout: Duration,
+    /// DKIM keys for outbound signing, one per signing domain.
+    pub signing: Vec<DkimSigningEntry>,
+}
+
+/// One `[[mail_auth.signing]]` entry: mail whose From: domain (or, without
+/// one, envelope sender domain) is `domain` is signed with this key (with
+/// every key of that domain: RSA and Ed25519 side by side, RFC 8463 4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimSigningEntry {
+    pub domain: String,
+    pub selector: String,
+    /// PEM private key: PKCS#8 or PKCS#1 for RSA, PKCS#8 for Ed25519.
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub algorithm: DkimAlgorithm,
+    /// Header fields to sign when present; From is always signed.
+    #[serde(default = "default_signed_headers")]
+    pub headers: Vec<String>,
+}
+
+/// DKIM signing algorithms (RFC 6376 3.3, RFC 8463).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DkimAlgorithm {
+    #[default]
+    #[serde(rename = "rsa-sha256")]
+    RsaSha256,
+    #[serde(rename = "ed25519-sha256")]
+    Ed25519Sha256,
+}
+
+/// The fields RFC 6376 5.4.1 recommends signing, those a reader sees.
+pub fn default_signed_headers() -> Vec<String> {
+    [
+        "From",
+        "Reply-To",
+        "Subject",
+        "Date",
+        "To",
+        "Cc",
+        "Message-ID",
+        "In-Reply-To",
+        "References",
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "List-Id",
+        "List-Unsubscribe",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl Default for MailAuthSection {
+    fn default() -> Self {
+        MailAuthSection {
+            verify_spf: true,
+            verify_dkim: true,
+            verify_dmarc: true,
+            spf_reject_fail: false,
+            dmarc_reject: false,
+            authserv_id: String::new(),
+            check_timeout: Duration::from_secs(10),
+            signing: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -582,6 +675,97 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err(invalid("[log] level", "must not be empty".into()));
         }
+        self.validate_mail_auth(source)
+    }
+
+    /// The [mail_auth] keys and signing entries.
+    fn validate_mail_auth(&self, source: &Source) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            file: source.to_string(),
+            key,
+            message,
+        };
+        let auth = &self.mail_auth;
+        if auth.verify_dmarc && !(auth.verify_spf && auth.verify_dkim) {
+            return Err(invalid(
+                "[mail_auth] verify_dmarc",
+                "DMARC needs verify_spf and verify_dkim".into(),
+            ));
+        }
+        if auth.dmarc_reject && !auth.verify_dmarc {
+            return Err(invalid(
+                "[mail_auth] dmarc_reject",
+                "needs verify_dmarc = true".into(),
+            ));
+        }
+        if auth.spf_reject_fail && !auth.verify_spf {
+            return Err(invalid(
+                "[mail_auth] spf_reject_fail",
+                "needs verify_spf = true".into(),
+            ));
+        }
+        if auth.check_timeout.is_zero() {
+            return Err(invalid(
+                "[mail_auth] check_timeout",
+                "must be greater than zero".into(),
+            ));
+        }
+        if auth
+            .authserv_id
+            .contains(|c: char| c.is_whitespace() || c.is_control() || c == ';')
+        {
+            return Err(invalid(
+                "[mail_auth] authserv_id",
+                format!("{:?} is not a host name", auth.authserv_id),
+            ));
+        }
+        let mut domains = std::collections::HashSet::new();
+        for entry in &auth.signing {
+            let domain = entry.domain.to_ascii_lowercase();
+            if domain.is_empty()
+                || domain.starts_with('.')
+                || domain.contains(|c: char| c.is_whitespace() || c.is_control() || c == '@')
+            {
+                return Err(invalid(
+                    "[[mail_auth.signing]] domain",
+                    format!("{:?} is not a domain", entry.domain),
+                ));
+            }
+            if !domains.insert((domain, entry.selector.to_ascii_lowercase())) {
+                return Err(invalid(
+                    "[[mail_auth.signing]] selector",
+                    format!(
+                        "{:?} has two entries with selector {:?}",
+                        entry.domain, entry.selector
+                    ),
+                ));
+            }
+            if entry.selector.is_empty()
+                || !entry
+                    .selector
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+            {
+                return Err(invalid(
+                    "[[mail_auth.signing]] selector",
+                    format!("{:?} is not a DKIM selector", entry.selector),
+                ));
+            }
+            if entry.key_file.as_os_str().is_empty() {
+                return Err(invalid(
+                    "[[mail_auth.signing]] key_file",
+                    format!("{}: must not be empty", entry.domain),
+                ));
+            }
+            if let Some(bad) = entry.headers.iter().find(|name| {
+                name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+            }) {
+                return Err(invalid(
+                    "[[mail_auth.signing]] headers",
+                    format!("{}: {bad:?} is not a header field name", entry.domain),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -672,6 +856,16 @@ impl Config {
             return self.server.hostname.clone();
         }
         system_hostname().unwrap_or_else(|| "localhost".to_string())
+    }
+
+    /// The authserv-id of `Authentication-Results:`: the configured one or
+    /// the host name.
+    pub fn authserv_id(&self) -> String {
+        if self.mail_auth.authserv_id.is_empty() {
+            self.hostname()
+        } else {
+            self.mail_auth.authserv_id.clone()
+        }
     }
 
     /// Core threads to run: the configured number or one per core.
@@ -919,6 +1113,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("[smtp] command_timeout"), "{e}");
+    }
+
+    #[test]
+    fn mail_auth_keys_are_checked_and_named() {
+        let c = parse("").unwrap();
+        assert!(c.mail_auth.verify_spf && c.mail_auth.verify_dkim && c.mail_auth.verify_dmarc);
+        assert!(!c.mail_auth.spf_reject_fail && !c.mail_auth.dmarc_reject);
+        assert!(c.mail_auth.signing.is_empty());
+        for (text, key) in [
+            ("[mail_auth]\nverify_dkim = false\n", "[mail_auth] verify_dmarc"),
+            (
+                "[mail_auth]\nverify_dmarc = false\ndmarc_reject = true\n",
+                "[mail_auth] dmarc_reject",
+            ),
+            (
+                "[mail_auth]\nverify_spf = false\nverify_dmarc = false\nspf_reject_fail = true\n",
+                "[mail_auth] spf_reject_fail",
+            ),
+            ("[mail_auth]\ncheck_timeout = \"0s\"\n", "[mail_auth] check_timeout"),
+            ("[mail_auth]\nauthserv_id = \"a b\"\n", "[mail_auth] authserv_id"),
+            (
+                "[[mail_auth.signing]]\ndomain = \"a@b\"\nselector = \"s\"\nkey_file = \"k\"\n",
+                "[[mail_auth.signing]] domain",
+            ),
+            (
+                "[[mail_auth.signing]]\ndomain = \"b.example\"\nselector = \"s 1\"\nkey_file = \"k\"\n",
+                "[[mail_auth.signing]] selector",
+            ),
+            (
+                "[[mail_auth.signing]]\ndomain = \"b.example\"\nselector = \"s\"\nkey_file = \"k\"\n\
+                 [[mail_auth.signing]]\ndomain = \"B.example\"\nselector = \"s\"\nkey_file = \"k2\"\n",
+                "[[mail_auth.signing]] selector",
+            ),
+            (
+                "[[mail_auth.signing]]\ndomain = \"b.example\"\nselector = \"s\"\nkey_file = \"k\"\n\
+                 headers = [\"Subject:\"]\n",
+                "[[mail_auth.signing]] headers",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let e = parse("[[mail_auth.signing]]\ndomain = \"b.example\"\nselector = \"s\"\nkey_file = \"k\"\nalgorithm = \"rsa-sha1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rsa-sha1"), "{e}");
+        let c = parse(
+            "[[mail_auth.signing]]\ndomain = \"b.example\"\nselector = \"s\"\nkey_file = \"k\"\n\
+             [[mail_auth.signing]]\ndomain = \"b.example\"\nselector = \"e\"\nkey_file = \"k2\"\n\
+             algorithm = \"ed25519-sha256\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.mail_auth.signing[0].algorithm, DkimAlgorithm::RsaSha256);
+        assert_eq!(c.mail_auth.signing[0].headers, default_signed_headers());
+        assert_eq!(
+            c.mail_auth.signing[1].algorithm,
+            DkimAlgorithm::Ed25519Sha256
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod base64;
 pub mod config;
 pub mod envelope;
 pub mod imap;
+pub mod mailauth;
 pub mod mailbox;
 pub mod metrics;
 pub mod pop3;

@@ -322,6 +322,9 @@ fn check_config(path: Option<&Path>) -> Result<()> {
         tern::runtime::outbound::roots_from_pem(ca)
             .with_context(|| format!("{source}: [relay] tls_ca_file"))?;
     }
+    let trusted = tern::smtp::RelayAccess::new(&config.relay.mynetworks, &[], &[]);
+    tern::mailauth::DkimSigners::load(&config.mail_auth.signing, trusted)
+        .with_context(|| source.to_string())?;
     println!("{source}: ok");
     Ok(())
 }

@@ -18,12 +18,28 @@ fn tern(args: &[&str]) -> std::process::Output {
 #[test]
 fn check_config_accepts_the_example() {
     let dir = tempfile::tempdir().unwrap();
-    // The example names production paths; point the spool at a temp dir.
+    // check-config loads the DKIM keys: make the two the example names.
+    let rsa = mail_auth::dkim::generate::DkimKeyPair::generate_rsa(2048).unwrap();
+    let ed25519 = mail_auth::dkim::generate::DkimKeyPair::generate_ed25519().unwrap();
+    for (file, label, der) in [
+        ("example.net.rsa.pem", "RSA PRIVATE KEY", rsa.private_key()),
+        (
+            "example.net.ed25519.pem",
+            "PRIVATE KEY",
+            ed25519.private_key(),
+        ),
+    ] {
+        let pem = pem::encode(&pem::Pem::new(label, der.to_vec()));
+        std::fs::write(dir.path().join(file), pem).unwrap();
+    }
+    // The example names production paths; point the spool and the keys at
+    // a temp dir.
     let text = include_str!("../config/tern.toml")
         .replace(
             "/var/spool/tern",
             &dir.path().join("spool").display().to_string(),
         )
+        .replace("/etc/tern/dkim", &dir.path().display().to_string())
         .replace("cert = ", "# cert = ")
         .replace("key = ", "# key = ")
         .replace("tls_ca_file = ", "# tls_ca_file = ")
@@ -166,4 +182,29 @@ fn queue_list_filters_by_state_and_domain() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("pending"));
+}
+
+#[test]
+fn check_config_names_a_bad_dkim_key_and_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("not-a-key.pem");
+    std::fs::write(&key, "not a key\n").unwrap();
+    let path = dir.path().join("tern.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[spool]\ndir = \"{}\"\n[[mail_auth.signing]]\ndomain = \"example.net\"\n\
+             selector = \"s1\"\nkey_file = \"{}\"\n",
+            dir.path().join("spool").display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = tern(&["check-config", "-c", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("example.net") && err.contains("not-a-key.pem"),
+        "{err}"
+    );
 }

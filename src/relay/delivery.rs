@@ -25,6 +25,7 @@ use super::next_hop::{HopHost, NextHop};
 use super::pool::{Acquired, ConnectionPool, PoolKey, Pooled};
 use super::routing::{Hop, RouteTable};
 use crate::config::OutboundTls;
+use crate::mailauth::DkimSigners;
 use crate::mailbox::{Flags, MailboxError, MailboxStore, NewMessage, INBOX};
 use crate::queue::dsn::{build_dsn, BounceRequest, DsnAction, RecipientReport};
 use crate::queue::retry::RetryPolicy;
@@ -63,6 +64,8 @@ pub struct RelaySettings {
     pub users: UsersHandle,
     /// Where local recipients' messages are filed.
     pub mailboxes: Arc<MailboxStore>,
+    /// DKIM keys for mail that leaves; None when none is configured.
+    pub dkim: Option<Arc<DkimSigners>>,
 }
 
 /// A group of recipients of one message that share one transaction.
@@ -273,6 +276,15 @@ impl<C: Connector + 'static> Relay<C> {
             received_header(&view.envelope, &id.to_string(), &self.settings.hostname).into_bytes(),
         );
         let mut outcomes = self.deliver_local(&view, &trace, &local).await;
+        // Signed once per attempt, for every group: the signature goes
+        // under the trace, which no signature covers.
+        let trace = match (&self.settings.dkim, groups.is_empty()) {
+            (Some(signers), false) => match signers.signature_fields(&view.envelope, view.data()) {
+                Some(signature) => Rc::new([trace.as_slice(), &signature].concat()),
+                None => trace,
+            },
+            _ => trace,
+        };
         let mut tasks = Vec::with_capacity(groups.len());
         for (key, indexes) in groups {
             let relay = Rc::clone(self);

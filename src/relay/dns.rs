@@ -216,6 +216,12 @@ impl MxResolver {
         })
     }
 
+    /// The resolver under the route cache (same servers, timeout and
+    /// attempts), for the core's other DNS users: mail authentication.
+    pub fn resolver(&self) -> TokioResolver {
+        self.resolver.clone()
+    }
+
     /// Resolve (or serve from cache) the route for a recipient domain.
     /// Concurrent calls for the same domain share one lookup.
     pub async fn route(&self, domain: &str) -> Result<MxRoute, RouteError> {

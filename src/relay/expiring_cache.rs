@@ -1,10 +1,12 @@
 //! A bounded map from a key to a value that expires at a deadline: the memory
-//! behind the per-core DNS route cache.
+//! behind the per-core DNS route cache and mail authentication's lookups.
 //!
 //! It takes the current time as a parameter and must never read the clock,
 //! do I/O, or hold more than its capacity.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 struct Entry<V> {
@@ -12,13 +14,14 @@ struct Entry<V> {
     expires_at: Instant,
 }
 
-/// Values keyed by string, each alive until its own deadline.
-pub(crate) struct ExpiringCache<V> {
-    entries: HashMap<String, Entry<V>>,
+/// Values keyed by string (or another key), each alive until its own
+/// deadline.
+pub(crate) struct ExpiringCache<V, K = String> {
+    entries: HashMap<K, Entry<V>>,
     capacity: usize,
 }
 
-impl<V> ExpiringCache<V> {
+impl<V, K: Hash + Eq + Clone> ExpiringCache<V, K> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             entries: HashMap::new(),
@@ -27,7 +30,11 @@ impl<V> ExpiringCache<V> {
     }
 
     /// The value for `key` if it has not expired at `now`.
-    pub(crate) fn get(&self, key: &str, now: Instant) -> Option<&V> {
+    pub(crate) fn get<Q>(&self, key: &Q, now: Instant) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.entries
             .get(key)
             .filter(|entry| entry.expires_at > now)
@@ -37,7 +44,7 @@ impl<V> ExpiringCache<V> {
     /// Store `value` for `ttl` from `now`, replacing any older value. When the
     /// cache is full, expired entries go first, then the one closest to
     /// expiry, so the entries with the most life left survive.
-    pub(crate) fn insert(&mut self, key: String, value: V, ttl: Duration, now: Instant) {
+    pub(crate) fn insert(&mut self, key: K, value: V, ttl: Duration, now: Instant) {
         let Some(expires_at) = now.checked_add(ttl) else {
             return;
         };
@@ -59,6 +66,15 @@ impl<V> ExpiringCache<V> {
             }
         }
         self.entries.insert(key, Entry { value, expires_at });
+    }
+
+    /// Forget `key`; its value, expired or not, if it had one.
+    pub(crate) fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.remove(key).map(|entry| entry.value)
     }
 
     #[cfg(test)]
@@ -128,6 +144,16 @@ mod tests {
         assert_eq!(cache.get("soon", start), None);
         assert_eq!(cache.get("late", start), Some(&2));
         assert_eq!(cache.get("new", start), Some(&3));
+    }
+
+    #[test]
+    fn remove_forgets_the_key() {
+        let start = Instant::now();
+        let mut cache: ExpiringCache<u8, Box<str>> = ExpiringCache::new(2);
+        cache.insert("a".into(), 1, MINUTE, start);
+        assert_eq!(cache.remove("a"), Some(1));
+        assert_eq!(cache.get("a", start), None);
+        assert_eq!(cache.remove("a"), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub mod connection;
 pub mod delivery;
 mod destination;
 pub mod dns;
-mod expiring_cache;
+pub(crate) mod expiring_cache;
 pub mod next_hop;
 pub mod pool;
 pub mod recipient_check;

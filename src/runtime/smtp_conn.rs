@@ -24,6 +24,7 @@ use super::pop3_conn::Pop3Context;
 use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
+use crate::mailauth::InboundAuth;
 use crate::queue::scheduler::Scheduler;
 use crate::smtp::auth::Mechanism;
 use crate::smtp::reply::REPLY_CLASSES;
@@ -55,6 +56,9 @@ pub struct CoreContext {
     pub scheduler: Rc<Scheduler>,
     /// Consulted at RCPT: the early MX lookup and null MX refusal.
     pub recipient_hook: Rc<dyn RecipientHook>,
+    /// SPF/DKIM/DMARC checks of inbound mail; None when `[mail_auth]`
+    /// verifies nothing.
+    pub mail_auth: Option<Rc<InboundAuth>>,
 }
 
 impl CoreContext {
@@ -166,6 +170,22 @@ pub async fn serve<T: Transport>(
             }
             SessionEvent::Message(mut message) => {
                 message.envelope.received_at_ms = now_ms();
+                if let Some(auth) = ctx
+                    .mail_auth
+                    .as_ref()
+                    .filter(|auth| auth.applies_to(&message.envelope))
+                {
+                    if let Err(reply) = auth.check(&mut message).await {
+                        info!(
+                            from = %message.envelope.sender,
+                            client = %peer.ip(),
+                            code = reply.code(),
+                            "message refused by mail authentication"
+                        );
+                        session.message_refused(&reply);
+                        continue;
+                    }
+                }
                 let size = message.data.len();
                 match ctx.store(&message).await {
                     Ok(id) => {

@@ -344,6 +344,18 @@ impl ServerSession {
         self.phase = Phase::Command;
     }
 
+    /// The runtime refused the message of the last `SessionEvent::Message`
+    /// on a policy check (mail authentication): `reply` is sent, nothing
+    /// was queued, and the transaction is reset.
+    pub fn message_refused(&mut self, reply: &Reply) {
+        if !matches!(self.phase, Phase::AwaitingStore) {
+            return;
+        }
+        self.send(reply);
+        self.transaction = None;
+        self.phase = Phase::Command;
+    }
+
     /// TLS handshake finished: session resets to the state after greeting (RFC 3207 4.2:
     /// client must EHLO again), marks tls active, no longer advertises STARTTLS.
     pub fn tls_started(&mut self) {
@@ -1499,6 +1511,26 @@ mod tests {
         assert!(matches!(session.poll(), SessionEvent::NeedInput));
         assert!(String::from_utf8_lossy(session.output())
             .ends_with("250 2.0.0 Ok: queued as ABC\r\n250 2.0.0 Ok\r\n"));
+    }
+
+    #[test]
+    fn refused_message_gets_the_reply_and_the_transaction_resets() {
+        let mut session = new_session(false, false);
+        session.receive(
+            b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\nx\r\n.\r\nRCPT TO:<u@d.example>\r\n",
+        );
+        assert!(matches!(session.poll(), SessionEvent::Message(_)));
+        session.consume_output(usize::MAX);
+        session.message_refused(&Reply::new(550, status(5, 7, 23), "SPF check failed"));
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        assert_eq!(
+            String::from_utf8_lossy(session.output()),
+            "550 5.7.23 SPF check failed\r\n503 5.5.1 Error: need MAIL command\r\n"
+        );
+        // Outside a stored-message wait it does nothing.
+        session.consume_output(usize::MAX);
+        session.message_refused(&Reply::new(550, status(5, 7, 1), "late"));
+        assert!(session.output().is_empty());
     }
 
     #[test]

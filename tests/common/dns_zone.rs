@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA};
+use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
@@ -45,6 +45,17 @@ pub fn a(owner: &str, addr: Ipv4Addr) -> Record {
 /// `owner AAAA addr`.
 pub fn aaaa(owner: &str, addr: Ipv6Addr) -> Record {
     Record::from_rdata(name(owner), RECORD_TTL, RData::AAAA(AAAA(addr)))
+}
+
+/// `owner TXT text`, as one record of character-strings of at most 255
+/// octets (RFC 1035 3.3.14), the form DKIM keys longer than that take.
+pub fn txt(owner: &str, text: &str) -> Record {
+    let strings = text
+        .as_bytes()
+        .chunks(255)
+        .map(|chunk| String::from_utf8(chunk.to_vec()).expect("ASCII record text"))
+        .collect();
+    Record::from_rdata(name(owner), RECORD_TTL, RData::TXT(TXT::new(strings)))
 }
 
 /// The zone's SOA; `negative_ttl` is its minimum field, the TTL of
