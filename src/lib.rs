@@ -3,6 +3,7 @@
 //! targets all drive the same code.
 
 pub mod base64;
+pub mod clock;
 pub mod config;
 pub mod envelope;
 pub mod imap;

@@ -153,3 +153,41 @@ fn metrics_move_and_dashboard_names_exist() {
         );
     }
 }
+
+/// The queue's age gauge reports a held message as it waits, and an
+/// empty queue as 0.
+#[test]
+fn queue_age_reports_the_oldest_waiting_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.path().join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nworkers = 1\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\n\
+             [spool]\ndir = \"{}\"\nsegment_size = \"32MiB\"\n[relay]\nhold = true\n\
+             [pop3]\nlisten = []\n[imap]\nlisten = []\n[users]\nfile = \"{}\"\n\
+             [metrics]\nlisten = \"{metrics_addr}\"\n",
+            dir.path().join("spool").display(),
+            dir.path().join("users.toml").display()
+        ),
+    )
+    .unwrap();
+    let (_server, smtp) = spawn_tern(&config);
+    let age = || value(&scrape(metrics_addr), "tern_queue_oldest_message_age_seconds");
+    assert_eq!(age(), 0.0, "nothing queued yet");
+
+    let (mut c, _) = RawClient::connect(smtp).unwrap();
+    c.cmd("EHLO metrics.test").unwrap();
+    c.cmd("MAIL FROM:<a@example.org>").unwrap();
+    c.cmd("RCPT TO:<b@example.net>").unwrap();
+    c.cmd("DATA").unwrap();
+    c.send(&data_frame(b"Subject: held\r\n\r\nhi\r\n")).unwrap();
+    assert_eq!(c.read_reply().unwrap().code, 250);
+    c.cmd("QUIT").unwrap();
+
+    assert!(
+        wait_for(Duration::from_secs(30), || age() > 0.0),
+        "the held message's age never showed"
+    );
+}

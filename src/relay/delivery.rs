@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -24,6 +24,7 @@ use super::dns::{MxResolver, RouteError};
 use super::next_hop::{HopHost, NextHop};
 use super::pool::{Acquired, ConnectionPool, PoolKey, Pooled};
 use super::routing::{Hop, RouteTable};
+use crate::clock::now_ms;
 use crate::config::OutboundTls;
 use crate::mailauth::DkimSigners;
 use crate::mailbox::{Flags, MailboxError, MailboxStore, NewMessage, INBOX};
@@ -99,13 +100,6 @@ pub struct Relay<C: Connector> {
     next_hop_addresses: RefCell<HashMap<NextHop, (Instant, Vec<IpAddr>)>>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Create every relay series (delivery, outbound SMTP, DNS, DSN) at zero,
 /// so dashboards and `rate()` see them before the first event.
 pub fn register_metrics() {
@@ -118,6 +112,7 @@ pub fn register_metrics() {
     for state in crate::queue::scheduler::QUEUE_STATES {
         metrics::gauge!("tern_queue_messages", "state" => state).increment(0.0);
     }
+    metrics::gauge!("tern_queue_oldest_message_age_seconds").set(0.0);
     metrics::gauge!("tern_outbound_connections_active").increment(0.0);
     for result in ["ok", "error"] {
         metrics::counter!("tern_outbound_connections_total", "result" => result).increment(0);

@@ -12,21 +12,14 @@ use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::clock::now_ms;
 use crate::envelope::{BodyType, ClientInfo, Envelope, Notify, Recipient};
 use crate::mailbox::{Flags, MailboxStore, NewMessage, Uid};
 use crate::spool::{RecipientState, SpoolWriter};
 
 /// HELO recorded in the envelope of an uploaded message.
 const APPEND_ORIGIN: &str = "imap-append";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Spool `bytes` for `user` (whose delivery address is `address`) and file
 /// them in `folder`. Returns the folder's UIDVALIDITY and the new UID.

@@ -63,6 +63,8 @@ const MAILBOX_DIR: &str = "mailboxes";
 const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per query (hickory's default), across the configured servers.
 const DNS_QUERY_ATTEMPTS: usize = 2;
+/// How often core 0 measures the age of the oldest queued message.
+const QUEUE_AGE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a reload waits for each core to take the new settings.
 const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -786,6 +788,7 @@ where
     let delivery_loop = tokio::task::spawn_local(Rc::clone(&delivery).run(shutdown.clone()));
     if let Some(releases) = releases {
         tokio::task::spawn_local(persist_releases(releases, Rc::clone(&writer)));
+        tokio::task::spawn_local(report_queue_age(Arc::clone(&spool)));
     }
     tokio::task::spawn_local(serve_admin(
         admin,
@@ -882,6 +885,22 @@ async fn apply_reloads<C: Connector + 'static>(
         delivery.reload(routes, live.retry);
         parts.scheduler.set_hold(live.hold);
         let _ = reload.done.send(());
+    }
+}
+
+/// Keeps `tern_queue_oldest_message_age_seconds` current: the age of the
+/// oldest message with a recipient left to deliver, 0 for an empty queue.
+/// Runs on core 0 for the whole spool; the index walk takes each shard's
+/// lock briefly, once per `QUEUE_AGE_INTERVAL`.
+async fn report_queue_age(spool: Arc<Spool>) {
+    let mut tick = tokio::time::interval(QUEUE_AGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let age_ms = spool
+            .oldest_queued_ms()
+            .map_or(0, |oldest| crate::clock::now_ms().saturating_sub(oldest));
+        metrics::gauge!("tern_queue_oldest_message_age_seconds").set(age_ms as f64 / 1000.0);
     }
 }
 

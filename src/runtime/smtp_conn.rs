@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -24,6 +24,7 @@ use super::pop3_conn::Pop3Context;
 use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
+use crate::clock::now_ms;
 use crate::mailauth::InboundAuth;
 use crate::queue::scheduler::Scheduler;
 use crate::smtp::auth::Mechanism;
@@ -113,13 +114,6 @@ pub fn register_metrics(kinds: &[ListenerKind]) {
     ] {
         metrics::counter!("tern_smtp_messages_rejected_total", "reason" => reason).increment(0);
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Serve one SMTP connection to its end.

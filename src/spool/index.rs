@@ -30,15 +30,23 @@ pub(crate) struct LiveMessage {
     pub(crate) update_segments: Vec<Arc<Segment>>,
     /// Bytes the MESSAGE record occupies (aligned): what moving it costs.
     pub(crate) record_len: u64,
+    /// When the message was accepted (the envelope's), for the queue's age.
+    pub(crate) received_at_ms: u64,
 }
 
 impl LiveMessage {
-    pub(crate) fn new(segment: Arc<Segment>, recipients: usize, record_len: u64) -> LiveMessage {
+    pub(crate) fn new(
+        segment: Arc<Segment>,
+        recipients: usize,
+        received_at_ms: u64,
+        record_len: u64,
+    ) -> LiveMessage {
         LiveMessage {
             segment,
             states: vec![(RecipientState::Pending, 0); recipients],
             update_segments: Vec::new(),
             record_len,
+            received_at_ms,
         }
     }
 
@@ -181,6 +189,21 @@ impl Index {
         out
     }
 
+    /// Arrival time of the oldest message that still has a recipient to
+    /// deliver (mailbox copies are not queued), if any.
+    pub(crate) fn oldest_queued_ms(&self) -> Option<u64> {
+        self.shards
+            .iter()
+            .filter_map(|shard| {
+                lock(shard)
+                    .values()
+                    .filter(|m| !m.movable())
+                    .map(|m| m.received_at_ms)
+                    .min()
+            })
+            .min()
+    }
+
     /// Every live message with the segments it holds.
     pub(crate) fn holdings(&self) -> Vec<Holding> {
         let mut out = Vec::new();
@@ -220,7 +243,7 @@ mod tests {
     fn latest_update_wins_whatever_the_arrival_order() {
         let dir = tempfile::tempdir().unwrap();
         let seg = segment(dir.path(), 1);
-        let mut message = LiveMessage::new(Arc::clone(&seg), 2, 64);
+        let mut message = LiveMessage::new(Arc::clone(&seg), 2, 0, 64);
         let deferred = RecipientState::Deferred {
             until_ms: 9,
             attempts: 1,
@@ -243,13 +266,42 @@ mod tests {
     }
 
     #[test]
+    fn oldest_queued_skips_messages_only_mailboxes_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = segment(dir.path(), 1);
+        let index = Index::new();
+        assert_eq!(index.oldest_queued_ms(), None);
+        let filed = QueueId::new(1, 0).unwrap();
+        let waiting = QueueId::new(1, 64).unwrap();
+        let newest = QueueId::new(1, 128).unwrap();
+        index.insert(filed, LiveMessage::new(Arc::clone(&seg), 1, 1_000, 64));
+        index.insert(waiting, LiveMessage::new(Arc::clone(&seg), 2, 2_000, 64));
+        index.insert(newest, LiveMessage::new(Arc::clone(&seg), 1, 3_000, 64));
+        assert_eq!(index.oldest_queued_ms(), Some(1_000));
+        index.apply(&filed, 1, &[(0, RecipientState::InMailbox)], &seg);
+        assert_eq!(
+            index.oldest_queued_ms(),
+            Some(2_000),
+            "a filed message is not queued"
+        );
+        index.apply(&waiting, 1, &[(0, RecipientState::Delivered)], &seg);
+        assert_eq!(
+            index.oldest_queued_ms(),
+            Some(2_000),
+            "one recipient left is enough to count"
+        );
+        index.apply(&waiting, 2, &[(1, RecipientState::Delivered)], &seg);
+        assert_eq!(index.oldest_queued_ms(), Some(3_000));
+    }
+
+    #[test]
     fn final_message_leaves_the_table_and_holds_update_segments_until_then() {
         let dir = tempfile::tempdir().unwrap();
         let home = segment(dir.path(), 1);
         let other = segment(dir.path(), 2);
         let index = Index::new();
         let id = QueueId::new(1, 0).unwrap();
-        index.insert(id, LiveMessage::new(Arc::clone(&home), 2, 64));
+        index.insert(id, LiveMessage::new(Arc::clone(&home), 2, 0, 64));
         assert_eq!(Arc::strong_count(&home), 2);
         assert!(index
             .apply(&id, 1, &[(0, RecipientState::Delivered)], &other)
@@ -280,7 +332,7 @@ mod tests {
     #[test]
     fn only_a_message_with_nothing_left_to_deliver_is_movable() {
         let dir = tempfile::tempdir().unwrap();
-        let mut message = LiveMessage::new(segment(dir.path(), 1), 3, 64);
+        let mut message = LiveMessage::new(segment(dir.path(), 1), 3, 0, 64);
         assert!(!message.movable());
         let bounced = RecipientState::Bounced { reason: "x".into() };
         message.apply(1, &[(0, RecipientState::InMailbox), (1, bounced)]);

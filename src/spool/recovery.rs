@@ -81,6 +81,7 @@ enum Found {
     Message {
         offset: u64,
         recipients: usize,
+        received_at_ms: u64,
         dead: bool,
         len: u64,
     },
@@ -111,6 +112,7 @@ fn scan(bytes: &[u8], life: SegmentLife) -> (Vec<Found>, Option<Tail>) {
                     Record::Message(m) => Found::Message {
                         offset,
                         recipients: m.envelope.recipients.len(),
+                        received_at_ms: m.envelope.received_at_ms,
                         dead: m.dead,
                         len: decoded.len,
                     },
@@ -162,11 +164,13 @@ fn collect(
                 Found::Message {
                     offset,
                     recipients,
+                    received_at_ms,
                     dead,
                     len,
                 } => {
                     if let (false, Some(id)) = (dead, QueueId::new(segment.seq(), offset)) {
-                        let message = LiveMessage::new(Arc::clone(segment), recipients, len);
+                        let message =
+                            LiveMessage::new(Arc::clone(segment), recipients, received_at_ms, len);
                         messages.insert(id, message);
                     }
                 }

@@ -395,6 +395,12 @@ impl Spool {
         out
     }
 
+    /// Arrival time (ms since the epoch) of the oldest message that still
+    /// has a recipient to deliver; `None` when nothing is queued.
+    pub fn oldest_queued_ms(&self) -> Option<u64> {
+        self.shared.index.oldest_queued_ms()
+    }
+
     /// Read one message by id: envelope, per-recipient states, data
     /// (borrowed from the map, checksum verified).
     pub fn read(&self, id: &QueueId) -> Result<MessageView, SpoolError> {

@@ -77,7 +77,12 @@ impl SpoolWriter {
         seal_record(&mut self.buf, life, data);
         segment.write_at(&self.buf, offset)?;
         segment.write_at(data, offset + self.buf.len() as u64)?;
-        let message = LiveMessage::new(Arc::clone(&segment), envelope.recipients.len(), len);
+        let message = LiveMessage::new(
+            Arc::clone(&segment),
+            envelope.recipients.len(),
+            envelope.received_at_ms,
+            len,
+        );
         let commit = self.submit(segment, Durable::Message { id, message })?;
         Ok((id, commit))
     }
@@ -148,6 +153,7 @@ impl SpoolWriter {
         let mut message = LiveMessage::new(
             Arc::clone(&segment),
             original.envelope.recipients.len(),
+            original.envelope.received_at_ms,
             message_len,
         );
         message.apply(record.update_seq, &changes);
