@@ -5,6 +5,7 @@
 pub mod config;
 pub mod envelope;
 pub mod imap;
+pub mod limits;
 pub mod mailbox;
 pub mod metrics;
 pub mod pop3;

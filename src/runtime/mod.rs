@@ -6,6 +6,7 @@
 //! and shuts down.
 
 pub mod admin;
+pub mod admission;
 pub mod imap_backend;
 pub mod imap_conn;
 pub mod listener;
@@ -30,8 +31,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, IoMode, OutboundTls};
 use crate::imap::ImapConfig;
+use crate::limits::SessionLimits;
 use crate::mailbox::MailboxStore;
-use crate::pop3::{Pop3Config, AUTOLOGOUT_MIN};
+use crate::pop3::Pop3Config;
 use crate::queue::retry::RetryPolicy;
 use crate::queue::scheduler::Scheduler;
 use crate::relay::connection::Connector;
@@ -45,6 +47,7 @@ use crate::spool::SpoolWriter;
 use crate::spool::{QueueId, RecipientState, Spool, SpoolConfig, SpoolError};
 use crate::users::UsersHandle;
 use admin::{AdminCommand, AdminRequest, AdminSocket};
+use admission::{Admission, AdmissionConfig, Permit, Refusal};
 use imap_backend::ImapStores;
 use imap_conn::ImapContext;
 use listener::{Acceptor, BoundAddress, ListenerKind};
@@ -52,6 +55,7 @@ use outbound::{CertCheck, TokioConnector, UringConnector};
 use pop3_backend::{MaildropLocks, Pop3Stores};
 use pop3_conn::Pop3Context;
 use smtp_conn::CoreContext;
+use transport::Transport;
 
 /// Folder of the mailbox journals inside the spool directory.
 const MAILBOX_DIR: &str = "mailboxes";
@@ -59,6 +63,9 @@ const MAILBOX_DIR: &str = "mailboxes";
 const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per query (hickory's default), across the configured servers.
 const DNS_QUERY_ATTEMPTS: usize = 2;
+/// A refusal is one short line into a fresh socket's empty buffer; a peer
+/// that does not take even that is dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The I/O driver a server runs on, after `auto` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +173,7 @@ struct CoreSetup {
     pop3_config: Arc<Pop3Config>,
     imap_config: Arc<ImapConfig>,
     maildrop_locks: Arc<MaildropLocks>,
+    admission: Arc<Admission>,
 }
 
 /// What one core's delivery worker is built from.
@@ -185,6 +193,24 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         (Some(cert), Some(key)) => Some(tls::load_server_config(cert, key)?),
         _ => None,
     };
+    let limits = &config.limits;
+    let session_limits = SessionLimits {
+        hard_error_limit: limits.hard_error_limit,
+        data_min_rate: limits.data_min_rate,
+    };
+    let admission = Admission::new(
+        AdmissionConfig {
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_connection_rate_per_ip: limits.max_connection_rate_per_ip,
+            exempt: if limits.mynetworks_exempt {
+                config.relay.mynetworks.clone()
+            } else {
+                Vec::new()
+            },
+        },
+        Instant::now(),
+    );
     let session_config = Arc::new(SessionConfig {
         hostname: config.hostname(),
         max_message_size: config.smtp.max_message_size,
@@ -197,6 +223,8 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             &config.relay.local_domains,
             &config.relay.relay_domains,
         ),
+        limits: session_limits,
+        max_messages_per_connection: limits.max_messages_per_connection,
     });
 
     let mut bound: Vec<BoundAddress> = Vec::new();
@@ -232,6 +260,8 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     smtp_conn::register_metrics(&kinds);
     pop3_conn::register_metrics();
     imap_conn::register_metrics();
+    register_refusal_metrics(&kinds);
+    crate::limits::register_metrics();
     crate::mailbox::register_metrics();
     let submission_addrs = addrs_of(&bound, ListenerKind::Submission);
     let pop3_addrs = addrs_of(&bound, ListenerKind::Pop3);
@@ -243,12 +273,15 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         starttls_available: tls.is_some(),
         allow_plaintext_auth: config.imap.allow_plaintext_auth,
         literal_max: config.smtp.max_message_size,
+        autologout: limits.imap_autologout,
+        limits: session_limits,
     });
     let pop3_config = Arc::new(Pop3Config {
         hostname: config.hostname(),
         stls_available: tls.is_some(),
         allow_plaintext_auth: config.pop3.allow_plaintext_auth,
-        autologout: AUTOLOGOUT_MIN,
+        autologout: limits.pop3_autologout,
+        limits: session_limits,
     });
     let maildrop_locks = Arc::new(MaildropLocks::default());
 
@@ -311,6 +344,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             pop3_config: Arc::clone(&pop3_config),
             imap_config: Arc::clone(&imap_config),
             maildrop_locks: Arc::clone(&maildrop_locks),
+            admission: Arc::clone(&admission),
             core,
             driver,
             listeners,
@@ -550,6 +584,7 @@ where
         pop3_config,
         imap_config,
         maildrop_locks,
+        admission,
         ..
     } = setup;
     let writer = match spool.writer(core) {
@@ -651,6 +686,7 @@ where
             acceptor,
             kind,
             ctx.clone(),
+            Arc::clone(&admission),
             active.clone(),
             shutdown.clone(),
         )));
@@ -769,10 +805,40 @@ async fn serve_admin(
     }
 }
 
+/// `tern_connections_refused_total` at zero for every listener and reason.
+fn register_refusal_metrics(kinds: &[ListenerKind]) {
+    for kind in kinds {
+        for refusal in Refusal::ALL {
+            metrics::counter!(
+                "tern_connections_refused_total",
+                "listener" => kind.label(),
+                "reason" => refusal.label()
+            )
+            .increment(0);
+        }
+    }
+}
+
+/// Turn away a connection `admission` refused: the protocol's refusal in
+/// place of its greeting, then close. An implicit-TLS listener closes
+/// without a word: a TLS handshake costs more than the refusal protects.
+async fn refuse<T: Transport>(mut stream: T, kind: ListenerKind, refusal: Refusal, hostname: &str) {
+    let reply = match kind {
+        ListenerKind::Smtp | ListenerKind::Submission => {
+            crate::smtp::reply::connection_refused(hostname, refusal.text())
+        }
+        ListenerKind::Pop3 => crate::pop3::response::connection_refused(refusal.text()),
+        ListenerKind::Imap => crate::imap::response::connection_refused(refusal.text()),
+        ListenerKind::Pop3Tls | ListenerKind::ImapTls => return,
+    };
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, stream.write_all(reply)).await;
+}
+
 async fn accept_loop<A: Acceptor + 'static>(
     acceptor: A,
     kind: ListenerKind,
     ctx: Rc<CoreContext>,
+    admission: Arc<Admission>,
     active: Rc<Cell<usize>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -785,6 +851,23 @@ async fn accept_loop<A: Acceptor + 'static>(
         match accepted {
             Ok((stream, peer)) => {
                 metrics::counter!("tern_connections_total", "listener" => label).increment(1);
+                let permit: Permit = match admission.admit(peer.ip(), Instant::now()) {
+                    Ok(permit) => permit,
+                    Err(refusal) => {
+                        metrics::counter!(
+                            "tern_connections_refused_total",
+                            "listener" => label,
+                            "reason" => refusal.label()
+                        )
+                        .increment(1);
+                        info!(%peer, listener = label, reason = refusal.label(), "connection refused");
+                        let hostname = ctx.session_config.hostname.clone();
+                        tokio::task::spawn_local(async move {
+                            refuse(stream, kind, refusal, &hostname).await
+                        });
+                        continue;
+                    }
+                };
                 let gauge = metrics::gauge!("tern_connections_active", "listener" => label);
                 gauge.increment(1.0);
                 active.set(active.get() + 1);
@@ -809,6 +892,7 @@ async fn accept_loop<A: Acceptor + 'static>(
                                 .await
                         }
                     }
+                    drop(permit);
                     active.set(active.get() - 1);
                     gauge.decrement(1.0);
                 });

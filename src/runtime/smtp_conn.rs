@@ -18,9 +18,10 @@ use tracing::{debug, info, warn};
 use super::imap_conn::ImapContext;
 use super::listener::ListenerKind;
 use super::pop3_conn::Pop3Context;
-use super::session_io::{exchange, flush, Exchanged, Incoming, Outgoing};
+use super::session_io::{exchange, flush, Exchanged, Incoming, Outgoing, UnitClock};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
+use crate::limits::InputDeadline;
 use crate::queue::scheduler::Scheduler;
 use crate::smtp::reply::REPLY_CLASSES;
 use crate::smtp::{IncomingMessage, RecipientHook, ServerSession, SessionConfig, SessionEvent};
@@ -105,6 +106,7 @@ pub async fn serve<T: Transport>(
     let mut session = ServerSession::new(ctx.session_config.clone(), peer.ip(), false)
         .with_recipient_hook(Rc::clone(&ctx.recipient_hook));
     let mut stream: MaybeTls<T, TlsStream<T>> = MaybeTls::Plain(transport);
+    let mut clock = UnitClock::default();
     let mut in_buf = Vec::with_capacity(READ_CHUNK);
     let mut out_buf = Vec::with_capacity(1024);
     let write_timeout = ctx.session_config.command_timeout;
@@ -114,6 +116,7 @@ pub async fn serve<T: Transport>(
                 let exchanged = exchange(
                     &mut stream,
                     &mut session,
+                    &mut clock,
                     &mut in_buf,
                     &mut out_buf,
                     write_timeout,
@@ -217,6 +220,10 @@ impl Incoming for ServerSession {
 
     fn read_timeout(&self) -> Duration {
         ServerSession::read_timeout(self)
+    }
+
+    fn deadline(&self) -> InputDeadline {
+        ServerSession::deadline(self)
     }
 
     fn shutting_down(&mut self) -> bool {
