@@ -860,7 +860,9 @@ async fn accept_loop<A: Acceptor + 'static>(
                             "reason" => refusal.label()
                         )
                         .increment(1);
-                        info!(%peer, listener = label, reason = refusal.label(), "connection refused");
+                        // Not info: a flood of refusals must not flood the log
+                        // too (the metric counts them).
+                        debug!(%peer, listener = label, reason = refusal.label(), "connection refused");
                         let hostname = ctx.session_config.hostname.clone();
                         tokio::task::spawn_local(async move {
                             refuse(stream, kind, refusal, &hostname).await
