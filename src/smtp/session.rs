@@ -33,6 +33,11 @@ pub const COMMAND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5 * 60);
 pub const DATA_TIMEOUT_DEFAULT: Duration = Duration::from_secs(3 * 60);
 /// Recipients per message a server must at least accept (RFC 5321 4.5.3.1.8).
 pub const RECIPIENTS_MIN: usize = 100;
+/// NOOP, RSET, VRFY, EXPN and HELP commands a client may send since its
+/// last accepted message before each further one counts as an error
+/// (Postfix's `smtpd_junk_command_limit`): a client that only keeps the
+/// session alive reaches the hard error limit.
+pub const JUNK_COMMANDS_FREE: u32 = 100;
 
 /// Settings shared by all sessions of one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,6 +194,8 @@ pub struct ServerSession {
     errors: ErrorCount,
     /// Messages accepted over this connection.
     messages: usize,
+    /// Junk commands since the last accepted message.
+    junk_commands: u32,
     /// Units of input (command lines, contents) completed: the runtime's
     /// deadline clock restarts when this changes.
     units: u64,
@@ -225,6 +232,7 @@ impl ServerSession {
             output: Vec::new(),
             errors: ErrorCount::default(),
             messages: 0,
+            junk_commands: 0,
             units: 0,
             unit_bytes: 0,
         };
@@ -308,6 +316,7 @@ impl ServerSession {
         if result.is_ok() {
             // Postfix's discipline: errors count until mail is delivered.
             self.errors.reset();
+            self.junk_commands = 0;
             self.messages += 1;
         }
         let reply = match result {
@@ -412,7 +421,13 @@ impl ServerSession {
     /// `421 4.7.0` (like Postfix's `smtpd_hard_error_limit`).
     fn send(&mut self, reply: &Reply) {
         self.write_reply(reply);
-        if reply.code() >= 400 && self.errors.add(&self.config.limits) {
+        if reply.code() >= 400 {
+            self.client_error();
+        }
+    }
+
+    fn client_error(&mut self) {
+        if self.errors.add(&self.config.limits) {
             limits::ended_by("smtp", "errors");
             let text = format!("{} Error: too many errors", self.config.hostname);
             self.close_with(&Reply::new(421, status(4, 7, 0), text));
@@ -492,6 +507,23 @@ impl ServerSession {
                 return Step::Continue;
             }
         };
+        let junk = matches!(
+            command,
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Expn | Command::Help
+        );
+        let step = self.execute_command(command);
+        if junk {
+            self.junk_commands = self.junk_commands.saturating_add(1);
+            if self.junk_commands > JUNK_COMMANDS_FREE
+                && !matches!(self.phase, Phase::Closing | Phase::Closed)
+            {
+                self.client_error();
+            }
+        }
+        step
+    }
+
+    fn execute_command(&mut self, command: Command) -> Step {
         match command {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
@@ -2188,5 +2220,20 @@ mod tests {
         let next = session.deadline();
         assert_ne!(next.unit, later.unit);
         assert_eq!(next.within, COMMAND_TIMEOUT_DEFAULT);
+    }
+
+    #[test]
+    fn junk_commands_beyond_the_free_ones_count_as_errors() {
+        let mut session = limited_session(2, 1000);
+        let mut script = "NOOP\r\n".repeat(JUNK_COMMANDS_FREE as usize);
+        script.push_str("RSET\r\n");
+        let t = run_with(&mut session, script.as_bytes());
+        assert!(!t.closed);
+        let t = run_with(&mut session, b"HELP\r\n");
+        assert!(t.closed);
+        assert_eq!(
+            t.replies().last().copied(),
+            Some("421 4.7.0 mx.test.example Error: too many errors")
+        );
     }
 }
