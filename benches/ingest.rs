@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tern::envelope::{BodyType, ClientInfo, Envelope, Notify, Recipient};
+use tern::limits::SessionLimits;
 use tern::smtp::{
     parse_command, DataDecoder, Framing, RelayAccess, ServerSession, SessionConfig, SessionEvent,
 };
@@ -76,6 +77,8 @@ fn session_config() -> Arc<SessionConfig> {
         data_timeout: Duration::from_secs(180),
         relay_access: RelayAccess::new(&["127.0.0.0/8".parse().unwrap()], &[], &[]),
         submission: None,
+        limits: SessionLimits::default(),
+        max_messages_per_connection: 1000,
     })
 }
 

@@ -65,6 +65,90 @@ pub struct Config {
     pub metrics: MetricsSection,
     pub log: LogSection,
     pub mail_auth: MailAuthSection,
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`: admission caps, per-client rates and per-session limits
+/// against abusive or broken clients, with Postfix-like defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Open connections over every listener (SMTP, submission, POP3, IMAP).
+    pub max_connections: usize,
+    /// Open connections from one client address (an IPv6 client: its /64).
+    pub max_connections_per_ip: usize,
+    /// New connections per minute from one client address; 0 = no limit.
+    pub max_connection_rate_per_ip: u32,
+    /// Clients in `[relay] mynetworks` skip the two per-IP limits (Postfix's
+    /// `smtpd_client_event_limit_exceptions = $mynetworks`).
+    pub mynetworks_exempt: bool,
+    /// Bad commands before the session is closed (SMTP: since the last
+    /// accepted message; POP3 and IMAP: in a row).
+    pub hard_error_limit: u32,
+    /// SMTP messages accepted over one connection; MAIL after that gets
+    /// 421 4.7.0 and the connection is closed.
+    pub max_messages_per_connection: usize,
+    /// Bytes per second that DATA/BDAT content and IMAP literals must at
+    /// least arrive at, on top of the phase's timeout.
+    pub data_min_rate: u64,
+    /// POP3 autologout (RFC 1939 3: at least 10 minutes): time for the next
+    /// complete command.
+    #[serde(with = "duration_text")]
+    pub pop3_autologout: Duration,
+    /// IMAP autologout (RFC 3501 5.4: at least 30 minutes): time for the
+    /// next complete command; it bounds an IDLE too (RFC 2177 3).
+    #[serde(with = "duration_text")]
+    pub imap_autologout: Duration,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: 10_000,
+            max_connections_per_ip: 50,
+            max_connection_rate_per_ip: 300,
+            mynetworks_exempt: true,
+            hard_error_limit: crate::limits::HARD_ERROR_LIMIT_DEFAULT,
+            max_messages_per_connection: 1000,
+            data_min_rate: crate::limits::DATA_MIN_RATE_DEFAULT,
+            pop3_autologout: Duration::from_secs(10 * 60),
+            imap_autologout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl LimitsSection {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, value) in [
+            ("[limits] max_connections", self.max_connections as u64),
+            (
+                "[limits] max_connections_per_ip",
+                self.max_connections_per_ip as u64,
+            ),
+            (
+                "[limits] hard_error_limit",
+                u64::from(self.hard_error_limit),
+            ),
+            (
+                "[limits] max_messages_per_connection",
+                self.max_messages_per_connection as u64,
+            ),
+            ("[limits] data_min_rate", self.data_min_rate),
+        ] {
+            if value == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        for (key, value) in [
+            ("[limits] pop3_autologout", self.pop3_autologout),
+            ("[limits] imap_autologout", self.imap_autologout),
+        ] {
+            if value.is_zero() {
+                return Err((key, "must be greater than zero".into()));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where local users (mailbox owners and, later, submission accounts) live.
@@ -675,6 +759,9 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err(invalid("[log] level", "must not be empty".into()));
         }
+        self.limits
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         self.validate_mail_auth(source)
     }
 
@@ -1305,6 +1392,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("plaintext"), "{e}");
+    }
+
+    #[test]
+    fn limits_parse_and_zero_values_are_named() {
+        let c = parse(
+            "[limits]\nmax_connections_per_ip = 3\nmax_connection_rate_per_ip = 0\n\
+             pop3_autologout = \"2s\"\nmynetworks_exempt = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_connections_per_ip, 3);
+        assert_eq!(c.limits.max_connection_rate_per_ip, 0);
+        assert_eq!(c.limits.pop3_autologout, Duration::from_secs(2));
+        assert!(!c.limits.mynetworks_exempt);
+        for key in [
+            "max_connections",
+            "max_connections_per_ip",
+            "hard_error_limit",
+            "max_messages_per_connection",
+            "data_min_rate",
+        ] {
+            let e = parse(&format!("[limits]\n{key} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("[limits] {key}")), "{e}");
+        }
+        let e = parse("[limits]\nimap_autologout = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[limits] imap_autologout"), "{e}");
     }
 
     #[test]

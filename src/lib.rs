@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod envelope;
 pub mod imap;
+pub mod limits;
 pub mod mailauth;
 pub mod mailbox;
 pub mod metrics;

@@ -174,7 +174,12 @@ fn queue_age_reports_the_oldest_waiting_message() {
     )
     .unwrap();
     let (_server, smtp) = spawn_tern(&config);
-    let age = || value(&scrape(metrics_addr), "tern_queue_oldest_message_age_seconds");
+    let age = || {
+        value(
+            &scrape(metrics_addr),
+            "tern_queue_oldest_message_age_seconds",
+        )
+    };
     assert_eq!(age(), 0.0, "nothing queued yet");
 
     let (mut c, _) = RawClient::connect(smtp).unwrap();

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use tern::limits::SessionLimits;
 use tern::pop3::{
     DropMessage, Maildrop, MaildropError, Pop3Backend, Pop3Config, Pop3Event, Pop3Session,
 };
@@ -110,6 +111,10 @@ fuzz_target!(|input: &[u8]| {
         stls_available: flags & 1 != 0,
         allow_plaintext_auth: flags & 2 != 0,
         autologout: Duration::from_secs(600),
+        limits: SessionLimits {
+            hard_error_limit: input.get(2).map_or(20, |&b| u32::from(b) + 1),
+            data_min_rate: 500,
+        },
     });
     let locked = Rc::new(Cell::new(false));
     let backend: Rc<dyn Pop3Backend<Commit = Vec<usize>>> = Rc::new(Backend {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use tern::limits::SessionLimits;
 use tern::smtp::{
     AuthenticatedUser, RelayAccess, ServerSession, SessionConfig, SessionEvent, SubmissionPolicy,
 };
@@ -55,6 +56,13 @@ fuzz_target!(|input: &[u8]| {
             allow_plaintext_auth: true,
             any_sender: false,
         }),
+        // The fuzzer reaches the limits too, without every input ending at
+        // the default 20 errors.
+        limits: SessionLimits {
+            hard_error_limit: input.get(1).map_or(20, |&b| u32::from(b) + 1),
+            data_min_rate: 500,
+        },
+        max_messages_per_connection: 2,
     });
     let split = input.first().map(|&b| b as usize).unwrap_or(0).min(input.len());
     let (first, second) = input.split_at(split);

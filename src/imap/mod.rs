@@ -23,6 +23,6 @@ pub use command::{
 };
 pub use parser::{AuthResponse, CommandReader, Parsed, COMMAND_TEXT_MAX};
 pub use session::{
-    AppendTicket, ImapBackend, ImapConfig, ImapEvent, ImapSession, AUTOLOGOUT, BAD_COMMANDS_MAX,
-    LOGIN_FAILURES_MAX, OUTPUT_HIGH_WATER,
+    AppendTicket, ImapBackend, ImapConfig, ImapEvent, ImapSession, AUTOLOGOUT, LOGIN_FAILURES_MAX,
+    OUTPUT_HIGH_WATER,
 };

@@ -122,6 +122,15 @@ pub fn untagged_status(
     condition(out, status, code, text);
 }
 
+/// The refusal of a connection a limit turned away before any session
+/// (`[limits]`): `* BYE <reason>` as the greeting, after which the server
+/// closes (RFC 3501 7.1.5).
+pub fn connection_refused(reason: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    untagged_status(&mut out, Status::Bye, None, reason);
+    out
+}
+
 /// `+ <text>` CRLF: a continuation request (RFC 3501 7.5). For SASL
 /// challenges pass the base64 text; for literals `Ready for literal data`.
 pub fn continuation(out: &mut Vec<u8>, text: &str) {

@@ -53,6 +53,15 @@ pub fn write_err(out: &mut Vec<u8>, code: Option<RespCode>, text: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The refusal of a connection a limit turned away before any session
+/// (`[limits]`): `-ERR [SYS/TEMP] <reason>` in place of the greeting (a
+/// temporary condition, RFC 3206 4), after which the server closes.
+pub fn connection_refused(reason: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    write_err(&mut out, Some(RespCode::SysTemp), reason);
+    out
+}
+
 /// The `+ ` continuation of a SASL exchange with an empty challenge
 /// (RFC 5034 4).
 pub fn write_continuation(out: &mut Vec<u8>) {

@@ -20,6 +20,7 @@ use super::response::{
     top_part, write_continuation, write_dot_stuffed, write_err, write_lines, write_ok, RespCode,
 };
 use super::{Maildrop, MaildropError, Pop3Backend};
+use crate::limits::{self, ErrorCount, InputDeadline, SessionLimits};
 use crate::sasl::{authzid_permitted, decode_response, parse_plain, SASL_RESPONSE_MAX};
 
 /// The autologout timer: at least 10 minutes of inactivity (RFC 1939 3).
@@ -37,9 +38,12 @@ pub struct Pop3Config {
     pub stls_available: bool,
     /// Allow USER/PASS and AUTH before TLS (`[pop3] allow_plaintext_auth`).
     pub allow_plaintext_auth: bool,
-    /// Idle time before the session is closed; values below
-    /// [`AUTOLOGOUT_MIN`] are raised to it.
+    /// Time for the next complete command before the session is closed
+    /// (`[limits] pop3_autologout`; RFC 1939 3 asks for at least
+    /// [`AUTOLOGOUT_MIN`], which is the default; tests use less).
     pub autologout: Duration,
+    /// The hard error limit (`[limits]`): bad commands in a row.
+    pub limits: SessionLimits,
 }
 
 /// What the runtime must do after [`Pop3Session::poll`].
@@ -172,6 +176,10 @@ pub struct Pop3Session<C> {
     /// Inside a line already answered as too long: drop up to LF.
     discarding_long_line: bool,
     output: Vec<u8>,
+    /// `-ERR` answers in a row, against the hard error limit.
+    errors: ErrorCount,
+    /// Lines completed: the runtime's autologout clock restarts on each.
+    units: u64,
 }
 
 impl<C> Pop3Session<C> {
@@ -193,6 +201,8 @@ impl<C> Pop3Session<C> {
             input_pos: 0,
             discarding_long_line: false,
             output: Vec::new(),
+            errors: ErrorCount::default(),
+            units: 0,
         };
         let greeting = format!("{} POP3 tern ready", session.config.hostname);
         write_ok(&mut session.output, &greeting);
@@ -272,6 +282,7 @@ impl<C> Pop3Session<C> {
         self.input_pos = 0;
         self.discarding_long_line = false;
         self.phase = Phase::Authorization;
+        self.units = self.units.wrapping_add(1);
     }
 
     /// Outcome of the commit of the last [`Pop3Event::Commit`]: Ok -> `+OK`
@@ -310,6 +321,7 @@ impl<C> Pop3Session<C> {
     pub fn timed_out(&mut self) {
         match self.phase {
             Phase::Authorization | Phase::SaslResponse | Phase::Transaction(_) => {
+                limits::ended_by("pop3", "deadline");
                 write_err(&mut self.output, None, "autologout timer expired");
                 self.phase = Phase::Closing;
             }
@@ -339,7 +351,33 @@ impl<C> Pop3Session<C> {
 
     /// The timeout the runtime applies to the next read.
     pub fn read_timeout(&self) -> Duration {
-        self.config.autologout.max(AUTOLOGOUT_MIN)
+        self.config.autologout
+    }
+
+    /// The autologout timer runs from the last complete line: a client
+    /// trickling the bytes of one command is as idle as a silent one.
+    pub fn deadline(&self) -> InputDeadline {
+        InputDeadline {
+            unit: self.units,
+            within: self.config.autologout,
+        }
+    }
+
+    /// After a line was answered from `answer_start` on: a `-ERR` counts
+    /// against the hard error limit, a `+OK` starts the count again.
+    fn count_errors(&mut self, answer_start: usize) {
+        let answer = self.output.get(answer_start..).unwrap_or_default();
+        if answer.starts_with(b"+OK") {
+            self.errors.reset();
+        } else if answer.starts_with(b"-ERR")
+            && !matches!(self.phase, Phase::Closing | Phase::Closed)
+            && self.errors.add(&self.config.limits)
+        {
+            limits::ended_by("pop3", "errors");
+            self.pending_user = None;
+            write_err(&mut self.output, None, "too many bad commands, closing");
+            self.phase = Phase::Closing;
+        }
     }
 
     fn auth_allowed(&self) -> bool {
@@ -376,7 +414,12 @@ impl<C> Pop3Session<C> {
                 self.input_pos = self.input.len();
                 if !self.discarding_long_line {
                     self.discarding_long_line = true;
+                    let answer_start = self.output.len();
                     self.line_too_long();
+                    self.count_errors(answer_start);
+                    if matches!(self.phase, Phase::Closing) {
+                        return Step::Continue;
+                    }
                 }
             }
             return Step::Wait;
@@ -394,7 +437,9 @@ impl<C> Pop3Session<C> {
             Some(Line::Command(parse_command(raw)))
         };
         self.input_pos += lf + 1;
-        match line {
+        self.units = self.units.wrapping_add(1);
+        let answer_start = self.output.len();
+        let step = match line {
             Some(Line::Command(parsed)) => self.execute(parsed),
             Some(Line::SaslResponse(response)) => {
                 self.sasl_response(&response);
@@ -409,7 +454,9 @@ impl<C> Pop3Session<C> {
                 self.line_too_long();
                 Step::Continue
             }
-        }
+        };
+        self.count_errors(answer_start);
+        step
     }
 
     /// An overlong line is answered and dropped; one in place of a SASL
@@ -873,6 +920,10 @@ mod tests {
             stls_available,
             allow_plaintext_auth,
             autologout: AUTOLOGOUT_MIN,
+            limits: SessionLimits {
+                hard_error_limit: 20,
+                data_min_rate: 500,
+            },
         }
     }
 
@@ -1551,17 +1602,39 @@ mod tests {
     }
 
     #[test]
-    fn read_timeout_is_the_autologout_timer() {
+    fn read_timeout_and_deadline_are_the_autologout_timer() {
         let h = Harness::new();
-        assert_eq!(h.session.read_timeout(), AUTOLOGOUT_MIN);
-        let mut short = config(true, true);
-        short.autologout = Duration::from_secs(5);
-        let h = Harness::with(short, false, Rc::default());
         assert_eq!(h.session.read_timeout(), AUTOLOGOUT_MIN);
         let mut long = config(true, true);
         long.autologout = Duration::from_secs(3600);
-        let h = Harness::with(long, false, Rc::default());
+        let mut h = Harness::with(long, false, Rc::default());
         assert_eq!(h.session.read_timeout(), Duration::from_secs(3600));
+        let start = h.session.deadline();
+        assert_eq!(start.within, Duration::from_secs(3600));
+        // Part of a line is no progress; a whole line restarts the clock.
+        h.send(b"CA");
+        assert_eq!(h.session.deadline(), start);
+        h.send(b"PA\r\n");
+        assert_ne!(h.session.deadline().unit, start.unit);
+    }
+
+    #[test]
+    fn bad_commands_in_a_row_reach_the_hard_error_limit() {
+        let mut limited = config(true, true);
+        limited.limits.hard_error_limit = 3;
+        let mut h = Harness::with(limited, false, Rc::default());
+        // A good command in between starts the count again.
+        assert!(h
+            .send(b"BOGUS\r\nBOGUS\r\nCAPA\r\nBOGUS\r\n")
+            .ends_with("-ERR unknown command\r\n"));
+        let out = h.send(&[b'x'; 600]);
+        assert_eq!(out, "-ERR command line too long\r\n");
+        let out = h.send(b"\r\nNOOP\r\nUSER alice\r\n");
+        assert_eq!(
+            out,
+            "-ERR NOOP not valid in the AUTHORIZATION state\r\n-ERR too many bad commands, closing\r\n"
+        );
+        assert!(h.closed);
     }
 
     #[test]

@@ -15,10 +15,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::imap_backend::ImapStores;
-use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing};
+use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing, UnitClock};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
 use crate::imap::{ImapConfig, ImapEvent, ImapSession};
+use crate::limits::InputDeadline;
 
 /// Writes to an IMAP client: a large FETCH to a slow client must finish,
 /// a dead one must not hold the session forever.
@@ -65,6 +66,10 @@ impl Incoming for ImapSession {
         ImapSession::read_timeout(self)
     }
 
+    fn deadline(&self) -> InputDeadline {
+        ImapSession::deadline(self)
+    }
+
     fn shutting_down(&mut self) -> bool {
         ImapSession::shutting_down(self)
     }
@@ -89,6 +94,7 @@ pub async fn serve<T: Transport>(
     }
     let backend: Rc<dyn crate::imap::ImapBackend> = ctx.stores.clone();
     let mut session = ImapSession::new(ctx.config.clone(), backend, implicit_tls);
+    let mut clock = UnitClock::default();
     let mut in_buf = Vec::with_capacity(READ_CHUNK);
     let mut out_buf = Vec::with_capacity(4096);
     loop {
@@ -155,6 +161,7 @@ pub async fn serve<T: Transport>(
         let exchanged = exchange(
             &mut stream,
             &mut session,
+            &mut clock,
             &mut in_buf,
             &mut out_buf,
             WRITE_TIMEOUT,

@@ -6,6 +6,7 @@
 //! and shuts down.
 
 pub mod admin;
+pub mod admission;
 pub mod auth_throttle;
 pub mod compaction;
 pub mod imap_backend;
@@ -47,6 +48,7 @@ use crate::spool::SpoolWriter;
 use crate::spool::{QueueId, RecipientState, Spool, SpoolConfig, SpoolError};
 use crate::users::UsersHandle;
 use admin::{AdminRequest, AdminSocket, CoreOrder};
+use admission::{Admission, AdmissionConfig, Permit, Refusal};
 use auth_throttle::AuthThrottle;
 use imap_backend::ImapStores;
 use imap_conn::ImapContext;
@@ -56,6 +58,7 @@ use pop3_backend::{MaildropLocks, Pop3Stores};
 use pop3_conn::Pop3Context;
 use reload::LiveSettings;
 use smtp_conn::CoreContext;
+use transport::Transport;
 
 /// Folder of the mailbox journals inside the spool directory.
 const MAILBOX_DIR: &str = "mailboxes";
@@ -67,6 +70,9 @@ const DNS_QUERY_ATTEMPTS: usize = 2;
 const QUEUE_AGE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a reload waits for each core to take the new settings.
 const RELOAD_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A refusal is one short line into a fresh socket's empty buffer; a peer
+/// that does not take even that is dropped.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The I/O driver a server runs on, after `auto` is resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,6 +259,7 @@ struct CoreSetup {
     live: Arc<LiveSettings>,
     reloads: tokio::sync::mpsc::UnboundedReceiver<Reload>,
     maildrop_locks: Arc<MaildropLocks>,
+    admission: Arc<Admission>,
 }
 
 /// What one core's delivery worker is built from.
@@ -277,6 +284,20 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         );
     }
     let live = Arc::new(LiveSettings::from_config(config)?);
+    let limits = &config.limits;
+    let admission = Admission::new(
+        AdmissionConfig {
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_connection_rate_per_ip: limits.max_connection_rate_per_ip,
+            exempt: if limits.mynetworks_exempt {
+                config.relay.mynetworks.clone()
+            } else {
+                Vec::new()
+            },
+        },
+        Instant::now(),
+    );
     let mut bound: Vec<BoundAddress> = Vec::new();
     for (key, kind, addrs) in [
         ("[smtp] listen", ListenerKind::Smtp, &config.smtp.listen),
@@ -315,6 +336,8 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     smtp_conn::register_metrics(&kinds);
     pop3_conn::register_metrics();
     imap_conn::register_metrics();
+    register_refusal_metrics(&kinds);
+    crate::limits::register_metrics();
     crate::mailbox::register_metrics();
     let submission_addrs = addrs_of(&bound, ListenerKind::Submission);
     let submission_tls_addrs = addrs_of(&bound, ListenerKind::SubmissionTls);
@@ -398,6 +421,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             live: Arc::clone(&live),
             reloads: reload_rx,
             maildrop_locks: Arc::clone(&maildrop_locks),
+            admission: Arc::clone(&admission),
             core,
             driver,
             listeners,
@@ -733,6 +757,7 @@ where
         live,
         reloads,
         maildrop_locks,
+        admission,
         ..
     } = setup;
     let writer = match spool.writer(core) {
@@ -840,6 +865,7 @@ where
             acceptor,
             kind,
             Rc::clone(&ctx),
+            Arc::clone(&admission),
             active.clone(),
             shutdown.clone(),
         )));
@@ -989,10 +1015,40 @@ async fn serve_admin<C: Connector + 'static>(
     }
 }
 
+/// `tern_connections_refused_total` at zero for every listener and reason.
+fn register_refusal_metrics(kinds: &[ListenerKind]) {
+    for kind in kinds {
+        for refusal in Refusal::ALL {
+            metrics::counter!(
+                "tern_connections_refused_total",
+                "listener" => kind.label(),
+                "reason" => refusal.label()
+            )
+            .increment(0);
+        }
+    }
+}
+
+/// Turn away a connection `admission` refused: the protocol's refusal in
+/// place of its greeting, then close. An implicit-TLS listener closes
+/// without a word: a TLS handshake costs more than the refusal protects.
+async fn refuse<T: Transport>(mut stream: T, kind: ListenerKind, refusal: Refusal, hostname: &str) {
+    let reply = match kind {
+        ListenerKind::Smtp | ListenerKind::Submission => {
+            crate::smtp::reply::connection_refused(hostname, refusal.text())
+        }
+        ListenerKind::Pop3 => crate::pop3::response::connection_refused(refusal.text()),
+        ListenerKind::Imap => crate::imap::response::connection_refused(refusal.text()),
+        ListenerKind::SubmissionTls | ListenerKind::Pop3Tls | ListenerKind::ImapTls => return,
+    };
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, stream.write_all(reply)).await;
+}
+
 async fn accept_loop<A: Acceptor + 'static>(
     acceptor: A,
     kind: ListenerKind,
     live_ctx: LiveContext,
+    admission: Arc<Admission>,
     active: Rc<Cell<usize>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -1005,6 +1061,25 @@ async fn accept_loop<A: Acceptor + 'static>(
         match accepted {
             Ok((stream, peer)) => {
                 metrics::counter!("tern_connections_total", "listener" => label).increment(1);
+                let permit: Permit = match admission.admit(peer.ip(), Instant::now()) {
+                    Ok(permit) => permit,
+                    Err(refusal) => {
+                        metrics::counter!(
+                            "tern_connections_refused_total",
+                            "listener" => label,
+                            "reason" => refusal.label()
+                        )
+                        .increment(1);
+                        // Not info: a flood of refusals must not flood the log
+                        // too (the metric counts them).
+                        debug!(%peer, listener = label, reason = refusal.label(), "connection refused");
+                        let hostname = live_ctx.borrow().session_config.hostname.clone();
+                        tokio::task::spawn_local(async move {
+                            refuse(stream, kind, refusal, &hostname).await
+                        });
+                        continue;
+                    }
+                };
                 let gauge = metrics::gauge!("tern_connections_active", "listener" => label);
                 gauge.increment(1.0);
                 active.set(active.get() + 1);
@@ -1031,6 +1106,7 @@ async fn accept_loop<A: Acceptor + 'static>(
                                 .await
                         }
                     }
+                    drop(permit);
                     active.set(active.get() - 1);
                     gauge.decrement(1.0);
                 });

@@ -15,9 +15,10 @@ use tokio::sync::watch;
 use tracing::info;
 
 use super::pop3_backend::Pop3Stores;
-use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing};
+use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing, UnitClock};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
+use crate::limits::InputDeadline;
 use crate::mailbox::Durable;
 use crate::pop3::{Pop3Config, Pop3Event, Pop3Session};
 
@@ -68,6 +69,10 @@ impl Incoming for Session {
         Pop3Session::read_timeout(self)
     }
 
+    fn deadline(&self) -> InputDeadline {
+        Pop3Session::deadline(self)
+    }
+
     fn shutting_down(&mut self) -> bool {
         Pop3Session::shutting_down(self)
     }
@@ -92,6 +97,7 @@ pub async fn serve<T: Transport>(
     }
     let backend: Rc<dyn crate::pop3::Pop3Backend<Commit = Durable>> = ctx.stores.clone();
     let mut session = Session::new(ctx.config.clone(), backend, implicit_tls);
+    let mut clock = UnitClock::default();
     let mut in_buf = Vec::with_capacity(READ_CHUNK);
     let mut out_buf = Vec::with_capacity(1024);
     loop {
@@ -100,6 +106,7 @@ pub async fn serve<T: Transport>(
                 let exchanged = exchange(
                     &mut stream,
                     &mut session,
+                    &mut clock,
                     &mut in_buf,
                     &mut out_buf,
                     WRITE_TIMEOUT,

@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use crate::config::{Config, OutboundTls, RelaySection};
 use crate::imap::ImapConfig;
-use crate::pop3::{Pop3Config, AUTOLOGOUT_MIN};
+use crate::limits::SessionLimits;
+use crate::pop3::Pop3Config;
 use crate::queue::retry::RetryPolicy;
 use crate::relay::routing::RouteTable;
 use crate::smtp::{RelayAccess, SessionConfig, SubmissionPolicy};
@@ -88,6 +89,10 @@ impl LiveSettings {
             key: "[relay.routes]",
             message: e.to_string(),
         })?;
+        let session_limits = SessionLimits {
+            hard_error_limit: config.limits.hard_error_limit,
+            data_min_rate: config.limits.data_min_rate,
+        };
         let session_config = Arc::new(SessionConfig {
             hostname: config.hostname(),
             max_message_size: config.smtp.max_message_size,
@@ -101,6 +106,8 @@ impl LiveSettings {
                 &config.relay.relay_domains,
             ),
             submission: None,
+            limits: session_limits,
+            max_messages_per_connection: config.limits.max_messages_per_connection,
         });
         let submission_config = Arc::new(SessionConfig {
             submission: Some(SubmissionPolicy {
@@ -114,12 +121,15 @@ impl LiveSettings {
             starttls_available: tls.is_some(),
             allow_plaintext_auth: config.imap.allow_plaintext_auth,
             literal_max: config.smtp.max_message_size,
+            autologout: config.limits.imap_autologout,
+            limits: session_limits,
         });
         let pop3_config = Arc::new(Pop3Config {
             hostname: config.hostname(),
             stls_available: tls.is_some(),
             allow_plaintext_auth: config.pop3.allow_plaintext_auth,
-            autologout: AUTOLOGOUT_MIN,
+            autologout: config.limits.pop3_autologout,
+            limits: session_limits,
         });
         Ok(LiveSettings {
             session_config,

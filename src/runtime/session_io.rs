@@ -1,19 +1,22 @@
 //! What every server-side protocol driver (SMTP, POP3, IMAP) does the
 //! same way: write a sans-IO session's pending output under a deadline,
-//! read the client's next bytes under the session's timeout, and wait for
-//! shutdown without spinning.
+//! read the client's next bytes under the session's timeout and under the
+//! deadline of the whole unit of input the session awaits (so a client
+//! trickling bytes is cut off like an idle one), and wait for shutdown
+//! without spinning.
 //!
 //! It must never interpret the bytes: protocol logic stays in the sessions.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
+use crate::limits::InputDeadline;
 
 /// A TLS handshake that has not finished by then is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -27,12 +30,44 @@ pub trait Outgoing {
 /// A sans-IO server session's input side.
 pub trait Incoming: Outgoing {
     fn receive(&mut self, input: &[u8]);
-    /// The read timeout expired.
+    /// The read timeout or the input deadline expired.
     fn timed_out(&mut self);
+    /// The longest wait for any one read.
     fn read_timeout(&self) -> Duration;
+    /// The deadline of the unit of input the session awaits.
+    fn deadline(&self) -> InputDeadline;
     /// Shutdown was signalled: true when the session queued its goodbye
     /// and must be polled again instead of read.
     fn shutting_down(&mut self) -> bool;
+}
+
+/// The driver's half of [`InputDeadline`]: when the session's current
+/// unit of input began (the first read after the unit changed, so the
+/// time spent writing the previous answer is not held against it).
+#[derive(Debug)]
+pub struct UnitClock {
+    unit: Option<u64>,
+    started: Instant,
+}
+
+impl Default for UnitClock {
+    fn default() -> Self {
+        UnitClock {
+            unit: None,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl UnitClock {
+    /// Time left for `deadline`'s unit at `now`; a new unit restarts the clock.
+    pub fn left(&mut self, deadline: InputDeadline, now: Instant) -> Duration {
+        if self.unit != Some(deadline.unit) {
+            self.unit = Some(deadline.unit);
+            self.started = now;
+        }
+        (self.started + deadline.within).saturating_duration_since(now)
+    }
 }
 
 /// What one `exchange` came to.
@@ -46,12 +81,13 @@ pub enum Exchanged {
 }
 
 /// Flush the session's output, then read once from the client (under the
-/// session's read timeout) and hand the bytes to the session, unless
-/// shutdown or `wake` comes first.
+/// session's read timeout and what is left of its input deadline) and
+/// hand the bytes to the session, unless shutdown or `wake` comes first.
 #[allow(clippy::too_many_arguments)]
 pub async fn exchange<T: Transport, S: Incoming>(
     stream: &mut T,
     session: &mut S,
+    clock: &mut UnitClock,
     in_buf: &mut Vec<u8>,
     out_buf: &mut Vec<u8>,
     write_timeout: Duration,
@@ -70,8 +106,9 @@ pub async fn exchange<T: Transport, S: Incoming>(
     if *shutdown.borrow_and_update() && session.shutting_down() {
         return Exchanged::Poll;
     }
+    let left = clock.left(session.deadline(), Instant::now());
     let read = stream.read(std::mem::take(in_buf));
-    let timed_read = tokio::time::timeout(session.read_timeout(), read);
+    let timed_read = tokio::time::timeout(session.read_timeout().min(left), read);
     let result = tokio::select! {
         r = timed_read => r,
         _ = wake => {
@@ -85,7 +122,7 @@ pub async fn exchange<T: Transport, S: Incoming>(
     };
     match result {
         Err(_) => {
-            debug!(%peer, "read timed out");
+            debug!(%peer, "read timed out or input deadline passed");
             *in_buf = Vec::with_capacity(READ_CHUNK);
             session.timed_out();
             Exchanged::Poll
@@ -171,4 +208,32 @@ pub async fn tls_handshake<T: Transport>(
         };
     metrics::counter!("tern_tls_handshakes_total", "result" => result).increment(1);
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_clock_restarts_only_when_the_unit_changes() {
+        let t0 = Instant::now();
+        let mut clock = UnitClock::default();
+        let minute = Duration::from_secs(60);
+        let unit = |unit| InputDeadline {
+            unit,
+            within: minute,
+        };
+        assert_eq!(clock.left(unit(0), t0), minute);
+        let t1 = t0 + Duration::from_secs(45);
+        assert_eq!(clock.left(unit(0), t1), Duration::from_secs(15));
+        assert_eq!(clock.left(unit(0), t0 + 2 * minute), Duration::ZERO);
+        assert_eq!(clock.left(unit(1), t1), minute);
+        // A deadline that grew (content paced in) is measured from the
+        // same start.
+        let longer = InputDeadline {
+            unit: 1,
+            within: 2 * minute,
+        };
+        assert_eq!(clock.left(longer, t1 + minute), minute);
+    }
 }

@@ -21,10 +21,11 @@ use super::auth_throttle::AuthThrottle;
 use super::imap_conn::ImapContext;
 use super::listener::ListenerKind;
 use super::pop3_conn::Pop3Context;
-use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing};
+use super::session_io::{exchange, flush, tls_handshake, Exchanged, Incoming, Outgoing, UnitClock};
 use super::tls::TlsStream;
 use super::transport::{MaybeTls, Transport, READ_CHUNK};
 use crate::clock::now_ms;
+use crate::limits::InputDeadline;
 use crate::mailauth::InboundAuth;
 use crate::queue::scheduler::Scheduler;
 use crate::smtp::auth::Mechanism;
@@ -141,6 +142,7 @@ pub async fn serve<T: Transport>(
     };
     let mut session = ServerSession::new(Arc::clone(config), peer.ip(), implicit_tls)
         .with_recipient_hook(Rc::clone(&ctx.recipient_hook));
+    let mut clock = UnitClock::default();
     let mut in_buf = Vec::with_capacity(READ_CHUNK);
     let mut out_buf = Vec::with_capacity(1024);
     let write_timeout = ctx.session_config.command_timeout;
@@ -150,6 +152,7 @@ pub async fn serve<T: Transport>(
                 let exchanged = exchange(
                     &mut stream,
                     &mut session,
+                    &mut clock,
                     &mut in_buf,
                     &mut out_buf,
                     write_timeout,
@@ -306,6 +309,10 @@ impl Incoming for ServerSession {
 
     fn read_timeout(&self) -> Duration {
         ServerSession::read_timeout(self)
+    }
+
+    fn deadline(&self) -> InputDeadline {
+        ServerSession::deadline(self)
     }
 
     fn shutting_down(&mut self) -> bool {

@@ -122,6 +122,18 @@ impl Reply {
     }
 }
 
+/// The refusal of a connection a limit turned away before any session
+/// (`[limits]`): `421 4.7.0 <host> <reason>`, after which the server
+/// closes (RFC 5321 3.1 allows 421 in place of the greeting).
+pub fn connection_refused(hostname: &str, reason: &str) -> Vec<u8> {
+    Reply::new(
+        421,
+        EnhancedStatus::new(4, 7, 0),
+        format!("{hostname} {reason}"),
+    )
+    .to_bytes()
+}
+
 /// Copies text, replacing control characters (CR and LF above all) with
 /// `?` so that no caller can split a reply or inject a line.
 fn push_text(out: &mut Vec<u8>, text: &str) {

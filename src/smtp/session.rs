@@ -28,6 +28,7 @@ use super::reply::{class_label, EnhancedStatus, Reply};
 use super::submission::{AuthenticatedUser, SubmissionPolicy};
 use super::trace::too_many_hops;
 use crate::envelope::{ClientInfo, Envelope, Recipient};
+use crate::limits::{self, ErrorCount, InputDeadline, SessionLimits};
 use crate::sasl::{authzid_permitted, SASL_RESPONSE_MAX};
 use crate::spool::SpoolError;
 
@@ -41,6 +42,11 @@ pub const RECIPIENTS_MIN: usize = 100;
 /// Failed AUTH attempts one session may make: the last is answered 535,
 /// then 421 and the connection closes (RFC 4954 leaves this to the server).
 pub const AUTH_FAILURES_PER_SESSION_MAX: u32 = 3;
+/// NOOP, RSET, VRFY, EXPN and HELP commands a client may send since its
+/// last accepted message before each further one counts as an error
+/// (Postfix's `smtpd_junk_command_limit`): a client that only keeps the
+/// session alive reaches the hard error limit.
+pub const JUNK_COMMANDS_FREE: u32 = 100;
 
 /// Settings shared by all sessions of one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +70,10 @@ pub struct SessionConfig {
     /// the client is in mynetworks. None on relay/MX listeners, which
     /// never offer AUTH.
     pub submission: Option<SubmissionPolicy>,
+    /// Hard error limit and content pace (`[limits]`).
+    pub limits: SessionLimits,
+    /// Messages accepted over one connection before MAIL gets 421 4.7.0.
+    pub max_messages_per_connection: usize,
 }
 
 /// Consulted for every recipient that the relay access policy allowed,
@@ -212,6 +222,17 @@ pub struct ServerSession {
     /// Inside a command line already answered as too long: drop up to LF.
     discarding_long_line: bool,
     output: Vec<u8>,
+    /// Errors since the last accepted message (the hard error limit).
+    errors: ErrorCount,
+    /// Messages accepted over this connection.
+    messages: usize,
+    /// Junk commands since the last accepted message.
+    junk_commands: u32,
+    /// Units of input (command lines, contents) completed: the runtime's
+    /// deadline clock restarts when this changes.
+    units: u64,
+    /// Content bytes consumed in the current unit (DATA, BDAT chunk).
+    unit_bytes: u64,
 }
 
 const fn status(class: u8, subject: u16, detail: u16) -> EnhancedStatus {
@@ -243,6 +264,11 @@ impl ServerSession {
             input_pos: 0,
             discarding_long_line: false,
             output: Vec::new(),
+            errors: ErrorCount::default(),
+            messages: 0,
+            junk_commands: 0,
+            units: 0,
+            unit_bytes: 0,
         };
         let banner = format!("{} ESMTP tern", session.config.hostname);
         session.send(&Reply::plain(220, banner));
@@ -306,6 +332,8 @@ impl ServerSession {
             };
             match step {
                 Step::Continue => {}
+                // An error that reached the hard limit queued the 421.
+                Step::Wait if matches!(self.phase, Phase::Closing) => {}
                 Step::Wait => return SessionEvent::NeedInput,
                 Step::Event(event) => return event,
             }
@@ -330,6 +358,12 @@ impl ServerSession {
         if !matches!(self.phase, Phase::AwaitingStore) {
             return;
         }
+        if result.is_ok() {
+            // Postfix's discipline: errors count until mail is delivered.
+            self.errors.reset();
+            self.junk_commands = 0;
+            self.messages += 1;
+        }
         let reply = match result {
             Ok(queue_id) => Reply::new(250, status(2, 0, 0), format!("Ok: queued as {queue_id}")),
             Err(SpoolError::TooLarge { .. }) => Reply::new(
@@ -339,7 +373,8 @@ impl ServerSession {
             ),
             Err(_) => Reply::new(452, status(4, 3, 1), "Error: insufficient system storage"),
         };
-        self.send(&reply);
+        // A storage failure is ours, not the client's: never an error here.
+        self.write_reply(&reply);
         self.transaction = None;
         self.phase = Phase::Command;
     }
@@ -370,6 +405,7 @@ impl ServerSession {
         self.input_pos = 0;
         self.discarding_long_line = false;
         self.phase = Phase::Command;
+        self.unit_done();
     }
 
     /// The runtime's read timer expired: queue `421 4.4.2 <host> Error: timeout exceeded`,
@@ -379,8 +415,9 @@ impl ServerSession {
             return;
         }
         metrics::counter!("tern_smtp_timeouts_total").increment(1);
+        limits::ended_by("smtp", "deadline");
         let text = format!("{} Error: timeout exceeded", self.config.hostname);
-        self.send(&Reply::new(421, status(4, 4, 2), text));
+        self.write_reply(&Reply::new(421, status(4, 4, 2), text));
         self.transaction = None;
         self.phase = Phase::Closing;
     }
@@ -400,7 +437,7 @@ impl ServerSession {
             "{} Service shutting down, closing transmission channel",
             self.config.hostname
         );
-        self.send(&Reply::new(421, status(4, 3, 2), text));
+        self.write_reply(&Reply::new(421, status(4, 3, 2), text));
         self.transaction = None;
         self.phase = Phase::Closing;
         true
@@ -416,10 +453,58 @@ impl ServerSession {
         }
     }
 
+    /// How long the input the session awaits may take in all: a command
+    /// line [`SessionConfig::command_timeout`] from the previous reply on
+    /// (RFC 5321 4.5.3.2.7), content the data timeout plus its size at the
+    /// minimum rate.
+    pub fn deadline(&self) -> InputDeadline {
+        let within = match self.phase {
+            Phase::Data(_) | Phase::Bdat { .. } | Phase::BdatDiscard { .. } => self
+                .config
+                .limits
+                .paced(self.config.data_timeout, self.unit_bytes),
+            _ => self.config.command_timeout,
+        };
+        InputDeadline {
+            unit: self.units,
+            within,
+        }
+    }
+
+    fn unit_done(&mut self) {
+        self.units = self.units.wrapping_add(1);
+        self.unit_bytes = 0;
+    }
+
+    /// Queue a reply to a client's command. A 4xx or 5xx one counts
+    /// against the hard error limit; at the limit the session ends with
+    /// `421 4.7.0` (like Postfix's `smtpd_hard_error_limit`).
     fn send(&mut self, reply: &Reply) {
+        self.write_reply(reply);
+        if reply.code() >= 400 {
+            self.client_error();
+        }
+    }
+
+    fn client_error(&mut self) {
+        if self.errors.add(&self.config.limits) {
+            limits::ended_by("smtp", "errors");
+            let text = format!("{} Error: too many errors", self.config.hostname);
+            self.close_with(&Reply::new(421, status(4, 7, 0), text));
+        }
+    }
+
+    /// Queue a reply that is not the client's fault (never an error).
+    fn write_reply(&mut self, reply: &Reply) {
         metrics::counter!("tern_smtp_replies_total", "class" => class_label(reply.code()))
             .increment(1);
         reply.write_to(&mut self.output);
+    }
+
+    fn close_with(&mut self, reply: &Reply) {
+        self.write_reply(reply);
+        self.transaction = None;
+        self.phase = Phase::Closing;
     }
 
     fn pending_input(&self) -> &[u8] {
@@ -458,6 +543,7 @@ impl ServerSession {
             Some(Ok(parse_command(line)))
         };
         self.input_pos += lf + 1;
+        self.unit_done();
         match read {
             Some(Ok(parsed)) => self.execute(parsed),
             Some(Err(response)) => self.sasl_response(&response),
@@ -510,6 +596,23 @@ impl ServerSession {
                 return Step::Continue;
             }
         };
+        let junk = matches!(
+            command,
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Expn | Command::Help
+        );
+        let step = self.execute_command(command);
+        if junk {
+            self.junk_commands = self.junk_commands.saturating_add(1);
+            if self.junk_commands > JUNK_COMMANDS_FREE
+                && !matches!(self.phase, Phase::Closing | Phase::Closed)
+            {
+                self.client_error();
+            }
+        }
+        step
+    }
+
+    fn execute_command(&mut self, command: Command) -> Step {
         match command {
             Command::Ehlo(name) => self.ehlo(name, true),
             Command::Helo(name) => self.ehlo(name, false),
@@ -708,6 +811,15 @@ impl ServerSession {
     }
 
     fn mail(&mut self, mail: MailFrom) {
+        if self.messages >= self.config.max_messages_per_connection {
+            limits::ended_by("smtp", "messages");
+            let text = format!(
+                "{} Error: too many messages in one connection, reconnect to send more",
+                self.config.hostname
+            );
+            self.close_with(&Reply::new(421, status(4, 7, 0), text));
+            return;
+        }
         let reply = match &self.greeting {
             None => bad_sequence("Error: send HELO/EHLO first"),
             Some(_) if self.transaction.is_some() => bad_sequence("Error: nested MAIL command"),
@@ -903,6 +1015,7 @@ impl ServerSession {
         }
         let progress = decoder.feed(pending, &mut tx.data);
         self.input_pos += progress.consumed;
+        self.unit_bytes += progress.consumed as u64;
         if !progress.finished {
             self.phase = Phase::Data(decoder);
             return Step::Wait;
@@ -927,6 +1040,7 @@ impl ServerSession {
         });
         decoder.feed(chunk, &mut tx.data);
         self.input_pos += take;
+        self.unit_bytes += take as u64;
         // `take` is at most `remaining`, so this cannot underflow.
         let remaining = remaining - take as u64;
         if remaining > 0 {
@@ -945,6 +1059,7 @@ impl ServerSession {
         if last || error.is_some() {
             return self.complete_message(error);
         }
+        self.unit_done();
         self.phase = Phase::Command;
         self.send(&Reply::new(
             250,
@@ -958,6 +1073,7 @@ impl ServerSession {
         let pending = self.pending_input().len();
         let take = usize::try_from(remaining).map_or(pending, |r| r.min(pending));
         self.input_pos += take;
+        self.unit_bytes += take as u64;
         // `take` is at most `remaining`, so this cannot underflow.
         let remaining = remaining - take as u64;
         let phase = std::mem::replace(&mut self.phase, Phase::Command);
@@ -966,6 +1082,7 @@ impl ServerSession {
                 self.phase = Phase::BdatDiscard { remaining, reply };
                 return Step::Wait;
             }
+            self.unit_done();
             self.send(&reply);
         }
         Step::Continue
@@ -974,6 +1091,7 @@ impl ServerSession {
     /// The content of the transaction is complete: refuse it or hand it out.
     fn complete_message(&mut self, error: Option<ContentError>) -> Step {
         self.phase = Phase::Command;
+        self.unit_done();
         let Some(tx) = self.transaction.take() else {
             return Step::Continue;
         };
@@ -1129,7 +1247,25 @@ mod tests {
                 &[],
             ),
             submission: None,
+            limits: SessionLimits {
+                hard_error_limit: 20,
+                data_min_rate: 500,
+            },
+            max_messages_per_connection: 1000,
         })
+    }
+
+    /// A session whose hard error limit is `errors` and that accepts
+    /// `messages` messages per connection.
+    fn limited_session(errors: u32, messages: usize) -> ServerSession {
+        let mut config = (*config(false)).clone();
+        config.limits.hard_error_limit = errors;
+        config.max_messages_per_connection = messages;
+        ServerSession::new(
+            Arc::new(config),
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+            false,
+        )
     }
 
     fn new_session(starttls_available: bool, tls_active: bool) -> ServerSession {
@@ -2740,5 +2876,137 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn hard_error_limit_ends_the_session_with_421() {
+        let mut session = limited_session(3, 1000);
+        let t = run_with(
+            &mut session,
+            b"EHLO c.example\r\nBOGUS\r\nRCPT TO:<u@d.example>\r\nMAIL FROM:<a\r\nNOOP\r\n",
+        );
+        assert!(t.closed);
+        assert_eq!(
+            after_ehlo(&t),
+            [
+                "500 5.5.2 Error: command unrecognized",
+                "503 5.5.1 Error: need MAIL command",
+                "501 5.5.2 Error: syntax: MAIL FROM:<address>",
+                "421 4.7.0 mx.test.example Error: too many errors",
+            ]
+        );
+        // Overlong lines and bare control bytes count as well.
+        let mut session = limited_session(2, 1000);
+        let mut input = vec![b'x'; 2000];
+        input.extend_from_slice(b"\r\nNO\0OP\r\nNOOP\r\n");
+        let t = run_with(&mut session, &input);
+        assert!(t.closed);
+        assert_eq!(t.codes(), ["220", "500", "500", "421"]);
+        // Without a line end, the overlong line alone still closes at once.
+        let mut session = limited_session(1, 1000);
+        let t = run_with(&mut session, &[b'x'; 600]);
+        assert!(t.closed);
+        assert_eq!(t.codes(), ["220", "500", "421"]);
+    }
+
+    #[test]
+    fn an_accepted_message_resets_the_error_count() {
+        let mut session = limited_session(2, 1000);
+        let t = run_with(
+            &mut session,
+            &script(&[
+                HELLO,
+                "BOGUS\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\n",
+                "DATA\r\nhi\r\n.\r\nBOGUS\r\nNOOP\r\nBOGUS\r\n",
+            ]),
+        );
+        assert_eq!(t.messages.len(), 1);
+        assert_eq!(
+            after_ehlo(&t),
+            [
+                "500 5.5.2 Error: command unrecognized",
+                "250 2.1.0 Ok",
+                "250 2.1.5 Ok",
+                "354 End data with <CR><LF>.<CR><LF>",
+                "250 2.0.0 Ok: queued as Q1",
+                "500 5.5.2 Error: command unrecognized",
+                "250 2.0.0 Ok",
+                "500 5.5.2 Error: command unrecognized",
+                "421 4.7.0 mx.test.example Error: too many errors",
+            ]
+        );
+    }
+
+    #[test]
+    fn storage_failures_and_timeouts_are_not_client_errors() {
+        let mut session = limited_session(1, 1000);
+        session.receive(b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\nx\r\n.\r\n");
+        assert!(matches!(session.poll(), SessionEvent::Message(_)));
+        session.message_stored(Err(&SpoolError::Full { used: 1, limit: 1 }));
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+    }
+
+    #[test]
+    fn junk_commands_beyond_the_free_ones_count_as_errors() {
+        let mut session = limited_session(2, 1000);
+        let mut script = "NOOP\r\n".repeat(JUNK_COMMANDS_FREE as usize);
+        script.push_str("RSET\r\n");
+        let t = run_with(&mut session, script.as_bytes());
+        assert!(!t.closed);
+        let t = run_with(&mut session, b"HELP\r\n");
+        assert!(t.closed);
+        assert_eq!(
+            t.replies().last().copied(),
+            Some("421 4.7.0 mx.test.example Error: too many errors")
+        );
+    }
+
+    #[test]
+    fn messages_per_connection_limit_answers_mail_with_421() {
+        let mut session = limited_session(20, 2);
+        let one = "MAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\nx\r\n.\r\n";
+        let t = run_with(&mut session, &script(&[HELLO, one, one, one, "NOOP\r\n"]));
+        assert_eq!(t.messages.len(), 2);
+        assert!(t.closed);
+        assert_eq!(
+            after_ehlo(&t).last().copied(),
+            Some(
+                "421 4.7.0 mx.test.example Error: too many messages in one connection, reconnect to send more"
+            )
+        );
+        assert_eq!(t.codes().iter().filter(|c| **c == "421").count(), 1);
+    }
+
+    #[test]
+    fn deadline_restarts_per_command_and_paces_content() {
+        let mut session = new_session(false, false);
+        let start = session.deadline();
+        assert_eq!(start.within, COMMAND_TIMEOUT_DEFAULT);
+        // A partial command line is not progress: the clock keeps running.
+        session.receive(b"NO");
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        assert_eq!(session.deadline(), start);
+        session.receive(b"OP\r\n");
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        let after_noop = session.deadline();
+        assert_ne!(after_noop.unit, start.unit);
+        session.receive(
+            b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<u@d.example>\r\nDATA\r\n",
+        );
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        let data = session.deadline();
+        assert_eq!(data.within, DATA_TIMEOUT_DEFAULT);
+        // Content buys time at the minimum rate (500 bytes/s here).
+        session.receive(format!("{}\r\n", "a".repeat(98)).repeat(10).as_bytes());
+        assert!(matches!(session.poll(), SessionEvent::NeedInput));
+        let later = session.deadline();
+        assert_eq!(later.unit, data.unit);
+        assert_eq!(later.within, DATA_TIMEOUT_DEFAULT + Duration::from_secs(2));
+        session.receive(b".\r\n");
+        assert!(matches!(session.poll(), SessionEvent::Message(_)));
+        session.message_stored(Ok("Q1".into()));
+        let next = session.deadline();
+        assert_ne!(next.unit, later.unit);
+        assert_eq!(next.within, COMMAND_TIMEOUT_DEFAULT);
     }
 }

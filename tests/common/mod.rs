@@ -227,7 +227,19 @@ pub struct RawClient {
 impl RawClient {
     /// Connect and read the greeting.
     pub fn connect(addr: SocketAddr) -> std::io::Result<(RawClient, Reply)> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        RawClient::over(TcpStream::connect_timeout(&addr, Duration::from_secs(5))?)
+    }
+
+    /// Connect from `source` (an address of this machine, e.g. 127.0.0.2)
+    /// and read the greeting.
+    pub fn connect_from(
+        source: std::net::IpAddr,
+        addr: SocketAddr,
+    ) -> std::io::Result<(RawClient, Reply)> {
+        RawClient::over(tcp_from(source, addr)?)
+    }
+
+    fn over(stream: TcpStream) -> std::io::Result<(RawClient, Reply)> {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         stream.set_write_timeout(Some(Duration::from_secs(10)))?;
         let writer = stream.try_clone()?;
@@ -291,6 +303,16 @@ pub fn read_reply_from(reader: &mut impl BufRead) -> std::io::Result<Reply> {
             return Ok(Reply { code, lines });
         }
     }
+}
+
+/// A TCP connection to `addr` from the local address `source` (any
+/// 127.0.0.0/8 address works on Linux loopback), with a 5 s connect timeout.
+pub fn tcp_from(source: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+    Ok(socket.into())
 }
 
 /// Dot-stuff `body` and frame it for DATA (terminator included).

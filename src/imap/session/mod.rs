@@ -34,6 +34,7 @@ use super::command::{
 use super::parser::{AuthResponse, CommandReader, Parsed};
 use super::response::{self, ResponseCode, Status};
 use super::search::{matches_all, needs_bytes, SearchMessage};
+use crate::limits::{self, ErrorCount, InputDeadline, SessionLimits};
 use crate::mailbox::{
     canonical_folder, Durable, FlagOp, Flags, MailboxError, MessageMeta, SystemFlags,
     UserMailboxes, HIERARCHY_DELIMITER,
@@ -41,12 +42,9 @@ use crate::mailbox::{
 use crate::sasl::{authzid_permitted, parse_plain};
 
 /// The autologout timer: at least 30 minutes of inactivity (RFC 3501
-/// 5.4). It also bounds an IDLE, which clients re-issue every 29 minutes
-/// (RFC 2177 3).
+/// 5.4), the default of `[limits] imap_autologout`. It also bounds an
+/// IDLE, which clients re-issue every 29 minutes (RFC 2177 3).
 pub const AUTOLOGOUT: Duration = Duration::from_secs(30 * 60);
-/// Consecutive malformed or misplaced commands before the session ends
-/// with BYE: a client this confused is not going to recover.
-pub const BAD_COMMANDS_MAX: u32 = 20;
 /// Failed logins on one connection before it is closed: guessing stays
 /// slow without locking anybody out.
 pub const LOGIN_FAILURES_MAX: u32 = 3;
@@ -69,6 +67,12 @@ pub struct ImapConfig {
     /// Largest literal a command may carry (APPEND's message), announced
     /// as APPENDLIMIT (RFC 7889).
     pub literal_max: u64,
+    /// Time for the next complete command (`[limits] imap_autologout`,
+    /// [`AUTOLOGOUT`] by default); literals get more at the minimum rate.
+    pub autologout: Duration,
+    /// The hard error limit (malformed or misplaced commands in a row: a
+    /// client this confused is not going to recover) and the literal pace.
+    pub limits: SessionLimits,
 }
 
 /// Resolves when an APPENDed message is filed and durable: to the
@@ -366,9 +370,12 @@ pub struct ImapSession {
     phase: Phase,
     user: Option<User>,
     selected: Option<SelectedView>,
-    consecutive_bad: u32,
+    consecutive_bad: ErrorCount,
     login_failures: u32,
     output: Vec<u8>,
+    /// Reader outcomes (commands, IDLE's DONE, SASL answers): the
+    /// runtime's autologout clock restarts on each.
+    units: u64,
 }
 
 impl ImapSession {
@@ -383,9 +390,10 @@ impl ImapSession {
             phase: Phase::Ready,
             user: None,
             selected: None,
-            consecutive_bad: 0,
+            consecutive_bad: ErrorCount::default(),
             login_failures: 0,
             output: Vec::new(),
+            units: 0,
         };
         let capabilities = session.capabilities();
         let names: Vec<&str> = capabilities.iter().map(String::as_str).collect();
@@ -470,6 +478,7 @@ impl ImapSession {
         self.tls_active = true;
         self.reader = CommandReader::new(self.config.literal_max);
         self.phase = Phase::Ready;
+        self.units = self.units.wrapping_add(1);
     }
 
     /// Outcome of the last [`ImapEvent::Commit`]: the tagged OK, or a NO
@@ -542,6 +551,7 @@ impl ImapSession {
             self.phase,
             Phase::Ready | Phase::AuthResponse { .. } | Phase::Idling { .. }
         ) {
+            limits::ended_by("imap", "deadline");
             self.bye("Autologout; idle for too long");
         }
     }
@@ -562,7 +572,21 @@ impl ImapSession {
 
     /// The timeout the runtime applies to the next read.
     pub fn read_timeout(&self) -> Duration {
-        AUTOLOGOUT
+        self.config.autologout
+    }
+
+    /// The autologout timer runs from the last complete command (so a
+    /// client trickling one command's bytes is as idle as a silent one, and
+    /// an IDLE ends with it however often the mailbox changes); a literal
+    /// being received adds its size at the minimum rate.
+    pub fn deadline(&self) -> InputDeadline {
+        InputDeadline {
+            unit: self.units,
+            within: self
+                .config
+                .limits
+                .paced(self.config.autologout, self.reader.buffered() as u64),
+        }
     }
 
     fn bye(&mut self, text: &str) {
@@ -609,11 +633,14 @@ impl ImapSession {
 
     /// Handles one outcome of the reader.
     fn parsed(&mut self, parsed: Parsed) -> Option<ImapEvent> {
+        if !matches!(parsed, Parsed::NeedContinuation) {
+            self.units = self.units.wrapping_add(1);
+        }
         match parsed {
             Parsed::Command(command) => {
                 metrics::counter!("tern_imap_commands_total", "command" => command.body.name())
                     .increment(1);
-                self.consecutive_bad = 0;
+                self.consecutive_bad.reset();
                 self.command(command)
             }
             Parsed::NeedContinuation => {
@@ -691,8 +718,8 @@ impl ImapSession {
             Some(tag) => response::tagged(&mut self.output, tag, Status::Bad, None, text),
             None => response::untagged_status(&mut self.output, Status::Bad, None, text),
         }
-        self.consecutive_bad += 1;
-        if self.consecutive_bad >= BAD_COMMANDS_MAX {
+        if self.consecutive_bad.add(&self.config.limits) {
+            limits::ended_by("imap", "errors");
             self.bye("Too many invalid commands");
         }
     }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::*;
+use crate::limits::HARD_ERROR_LIMIT_DEFAULT;
 use crate::mailbox::{MailboxStore, NewMessage};
 use crate::spool::QueueId;
 
@@ -134,6 +135,8 @@ fn config(allow_plaintext_auth: bool) -> Arc<ImapConfig> {
         starttls_available: true,
         allow_plaintext_auth,
         literal_max: 1 << 20,
+        autologout: AUTOLOGOUT,
+        limits: SessionLimits::default(),
     })
 }
 
@@ -894,7 +897,7 @@ async fn bad_commands_get_bad_and_too_many_close_the_session() {
     assert!(reply.starts_with("* BAD "), "{reply}");
     // A good command resets the count.
     send(&mut session, "n NOOP\r\n").await;
-    for _ in 0..BAD_COMMANDS_MAX - 1 {
+    for _ in 0..HARD_ERROR_LIMIT_DEFAULT - 1 {
         let seen = drive_input(&mut session, "x FROB\r\n").await;
         assert_eq!(seen.event, "NeedInput");
     }
@@ -933,6 +936,42 @@ async fn logout_timeouts_and_shutdown_say_bye() {
         drive(&mut session).await.text,
         "* BYE Server shutting down\r\n"
     );
+}
+
+#[tokio::test]
+async fn deadline_restarts_per_command_bounds_idle_and_paces_literals() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path());
+    let mut session = logged_in(&fake).await;
+    let start = session.deadline();
+    assert_eq!(start.within, AUTOLOGOUT);
+    // Part of a command is no progress.
+    session.receive(b"n NO");
+    drive(&mut session).await;
+    assert_eq!(session.deadline().unit, start.unit);
+    send(&mut session, "OP\r\n").await;
+    let after = session.deadline();
+    assert_ne!(after.unit, start.unit);
+    // A literal being received buys time at the minimum rate (500 B/s).
+    let reply = send(&mut session, "a APPEND INBOX {10000+}\r\n").await;
+    assert_eq!(reply, "");
+    session.receive(&[b'x'; 1000]);
+    drive(&mut session).await;
+    let literal = session.deadline();
+    assert_eq!(literal.unit, after.unit);
+    assert!(
+        literal.within >= AUTOLOGOUT + Duration::from_secs(2),
+        "{literal:?}"
+    );
+    // An IDLE is one unit: mailbox changes do not extend it.
+    let mut session = logged_in(&fake).await;
+    send(&mut session, "s SELECT INBOX\r\n").await;
+    send(&mut session, "i IDLE\r\n").await;
+    let idle = session.deadline();
+    session.mailbox_changed();
+    assert_eq!(session.deadline(), idle);
+    send(&mut session, "DONE\r\n").await;
+    assert_ne!(session.deadline().unit, idle.unit);
 }
 
 #[tokio::test]
