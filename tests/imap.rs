@@ -15,6 +15,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use common::pop3::Pop3;
 use common::sink::wait_for;
 use common::{local_mail_config, send_to_alice, wait_filed, ALICE_PASSWORD};
 use tern::runtime::{self, ServerHandle};
@@ -222,58 +223,6 @@ fn bad_commands_and_wrong_passwords_get_clear_answers() {
     server.shutdown();
 }
 
-/// Just enough POP3 to read messages by number.
-struct Pop3 {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Pop3 {
-    fn login(addr: SocketAddr) -> Pop3 {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut pop = Pop3 {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        };
-        assert!(pop.line().starts_with("+OK"));
-        assert!(pop.cmd("USER alice@local.test").starts_with("+OK"));
-        assert!(pop
-            .cmd(&format!("PASS {ALICE_PASSWORD}"))
-            .starts_with("+OK"));
-        pop
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        line
-    }
-
-    fn cmd(&mut self, command: &str) -> String {
-        self.writer
-            .write_all(format!("{command}\r\n").as_bytes())
-            .unwrap();
-        self.line()
-    }
-
-    /// RETR's answer as sent, up to the terminating dot.
-    fn retr(&mut self, number: u32) -> String {
-        let status = self.cmd(&format!("RETR {number}"));
-        assert!(status.starts_with("+OK"), "RETR {number}: {status}");
-        let mut message = String::new();
-        loop {
-            let line = self.line();
-            if line == ".\r\n" {
-                return message;
-            }
-            message.push_str(&line);
-        }
-    }
-}
-
 /// `UID FETCH` of `uids` with flags and the whole message, each answer
 /// without its sequence number (which expunges change).
 fn fetch_whole(imap: &mut Imap, uids: &[u32]) -> Vec<String> {
@@ -339,7 +288,10 @@ fn compaction_recycles_sparse_segments_and_clients_read_the_same_messages() {
     // message n) and keeps their old spool ids for the whole session.
     let kept: Vec<u32> = (1..=COUNT).filter(|uid| uid % 10 == 1).collect();
     let mut pop = Pop3::login(server.pop3_addrs[0]);
-    let pop_before: Vec<String> = kept.iter().map(|n| pop.retr(*n)).collect();
+    let pop_before: Vec<String> = kept
+        .iter()
+        .map(|n| pop.multi(&format!("RETR {n}")).join("\n"))
+        .collect();
 
     let mut a = Imap::login(server.imap_addrs[0]);
     let selected = a.ok("SELECT INBOX");
@@ -381,7 +333,10 @@ fn compaction_recycles_sparse_segments_and_clients_read_the_same_messages() {
         .all(|id| !ids.contains(id) || id.segment_seq() == newest));
 
     // The POP3 session reads through its old ids to the same bytes.
-    let pop_after: Vec<String> = kept.iter().map(|n| pop.retr(*n)).collect();
+    let pop_after: Vec<String> = kept
+        .iter()
+        .map(|n| pop.multi(&format!("RETR {n}")).join("\n"))
+        .collect();
     assert_eq!(pop_after, pop_before);
     assert!(pop.cmd("QUIT").starts_with("+OK"));
 

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses its own subset of these helpers
 
 pub mod dns_zone;
+pub mod pop3;
 pub mod sink;
 
 use std::io::{BufRead, BufReader, Read, Write};
