@@ -23,8 +23,8 @@
 # IMAP BODY.PEEK).
 #
 # Usage (from the repo root, as root):
-#   loadtest/retrieval.sh              # full run (~8 min on 2 cores)
-#   QUICK=1 loadtest/retrieval.sh      # short run, about a minute and a half
+#   loadtest/retrieval.sh              # full run (~7 min on 2 cores)
+#   QUICK=1 loadtest/retrieval.sh      # short run, about two minutes
 # Environment (defaults in brackets):
 #   QUICK [0]            1 = MSGS=20, DURATION=3
 #   MSGS [100]           messages in every mailbox (each size)
