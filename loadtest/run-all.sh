@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # loadtest/run-all.sh -- run every load test, then write one markdown table
 # and one PNG chart of the rates (by message size and sessions, tern vs
-# Postfix) to loadtest/results/<date>.md and .png.
+# Postfix, and tern vs Dovecot for retrieval) to loadtest/results/<date>.md
+# and .png.
 #
 # Purpose: one command for the figures the README quotes. It runs
-# accept.sh and relay.sh (and retrieval.sh when there is one) one after the
+# accept.sh, relay.sh and retrieval.sh (when present) one after the
 # other with the same environment (QUICK, TERN_BIN, SIZES, SESSIONS... are
 # passed through), keeps each script's stdout in loadtest/out/, and hands
 # them to lib/report.py. The chart needs matplotlib: installed with apt
@@ -16,7 +17,7 @@
 # package. Each test keeps its own safety rules (see loadtest/README.md).
 #
 # Usage (from the repo root, as root):
-#   loadtest/run-all.sh                  # full runs, ~15 minutes on 2 cores
+#   loadtest/run-all.sh                  # full runs, ~25 minutes on 2 cores
 #   QUICK=1 loadtest/run-all.sh          # small counts, a few minutes
 #   TESTS="relay" loadtest/run-all.sh    # a subset
 #   REPORT_ONLY="accept=FILE relay=FILE" loadtest/run-all.sh

@@ -166,6 +166,7 @@ fn admin_line(verb: &str, id: Option<&str>, domain: Option<&str>) -> String {
 }
 
 fn main() -> ExitCode {
+    tern::users::return_check_memory_to_the_system();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.config.as_deref()),

@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# loadtest/lib/common.sh -- sourced by loadtest/accept.sh and relay.sh.
+# loadtest/lib/common.sh -- sourced by loadtest/accept.sh, relay.sh and
+# retrieval.sh.
 #
 # Purpose: small helpers for the load tests: logging, the results file and
 # its preamble, case names and counts, loopback port checks, timing,
@@ -31,14 +32,15 @@ lt_out_open() {
 lt_say() { printf '%s\n' "$*" | tee -a "$LT_OUT"; }
 
 # Preamble lines shared by every results file: lt_preamble WORKDIR COMMAND
-# (machine, load, versions; the caller adds its own settings and columns).
+# [VERSIONS] (machine, load, versions; the caller adds its own settings and
+# columns). VERSIONS is the line naming the other server (default: Postfix).
 lt_preamble() {
-    local work=$1 cmd=$2
+    local work=$1 cmd=$2 versions=${3:-"postfix: $(postconf -d mail_version 2>/dev/null | awk '{ print $3 }')"}
     lt_say "# tern $LT_NAME load test, $(date -Is)"
     lt_say "# command: $cmd loadtest/$LT_NAME.sh"
     lt_say "# host: $(nproc) cores, $(uname -sr), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2/1048576 }' /proc/meminfo), work dir fs: $(df -T "$work" | awk 'NR==2 { print $2 " on " $1 }')"
     lt_say "# load avg at start: $(cut -d' ' -f1-3 /proc/loadavg)  (other work on the machine makes every figure noisy; compare within one run)"
-    lt_say "# postfix: $(postconf -d mail_version 2>/dev/null | awk '{ print $3 }')"
+    lt_say "# $versions"
 }
 
 # Message count for a body size: COUNT_1K / COUNT_32K (set by the caller),
@@ -158,6 +160,21 @@ lt_family_pss_kib() {
         s=$((s + ${v:-0}))
     done
     echo "$s"
+}
+
+# lt_family_cpu_ticks PID: CPU time (clock ticks, user + system) of a
+# process (all its threads), of its live direct children, and of the
+# children it has already reaped (cutime + cstime: Dovecot's master reaps
+# every imap and pop3 process that ends).
+lt_family_cpu_ticks() {
+    awk -v r="$1" '
+        {
+            pid = FILENAME; sub(/^\/proc\//, "", pid); sub(/\/stat$/, "", pid)
+            sub(/^.*\) /, "")   # after "pid (comm) ": $1 = state, $2 = ppid, $12.. = utime stime cutime cstime
+            if (pid == r) s += $12 + $13 + $14 + $15
+            else if ($2 == r) s += $12 + $13
+        }
+        END { printf "%d\n", s }' /proc/[0-9]*/stat 2>/dev/null
 }
 
 # Background sampler: records the peak of lt_family_rss_kib ROOT into FILE

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # globals set here are read by the calling scripts
-# loadtest/lib/procs.sh -- sourced by loadtest/accept.sh and relay.sh (after
-# common.sh, install.sh and postfix.sh).
+# loadtest/lib/procs.sh -- sourced by loadtest/accept.sh, relay.sh and
+# retrieval.sh (after common.sh, install.sh and postfix.sh or dovecot.sh).
 #
 # Purpose: start, watch and stop the processes a load test drives: Postfix's
 # smtp-source (the load) and smtp-sink (the receiving end, optionally with
@@ -32,7 +32,9 @@ lt_cleanup() {
     fi
     lt_stop_pid "$LT_SINK_PID" 5
     lt_stop_pid "$TERN_PID" 30
-    pf_stop
+    # the private Postfix (accept, relay) or Dovecot (retrieval)
+    if declare -F pf_stop >/dev/null; then pf_stop; fi
+    if declare -F dc_stop >/dev/null; then dc_stop; fi
     lt_remove_policy_rc_d
     lt_remove_main_cf
     if [ -n "${WORK:-}" ] && [ -d "$WORK" ]; then
@@ -162,12 +164,15 @@ lt_tern_describe() {
     echo "$TERN_BIN (git $(git -C "$(dirname "$TERN_BIN")" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 }
 
-# lt_tern_start DIR SMTP_PORT METRICS_PORT IO WORKERS EXTRA_TOML -> sets
-# TERN_PID. Writes DIR/tern.toml (EXTRA_TOML appended: the caller's [relay]
-# section) with a fresh spool DIR/spool, starts tern (stderr in
+# lt_tern_start DIR SMTP_PORT METRICS_PORT IO WORKERS EXTRA_TOML [MAILBOX_TOML]
+# -> sets TERN_PID. Writes DIR/tern.toml (EXTRA_TOML appended: the caller's
+# [relay] section) with a fresh spool DIR/spool, starts tern (stderr in
 # DIR/stderr.log) and waits until both ports listen; dies otherwise.
+# MAILBOX_TOML replaces the [pop3] and [imap] sections (default: no
+# listeners); the caller waits for the ports it names there.
 lt_tern_start() {
     local dir=$1 port=$2 mport=$3 io=$4 workers=$5 extra=$6
+    local mailbox=${7:-$'# No mailbox listeners: the load tests measure SMTP only.\n[pop3]\nlisten = []\n[imap]\nlisten = []'}
     lt_require_free_ports "$port" "$mport"
     rm -rf "$dir/spool"
     mkdir -p "$dir/spool"
@@ -184,11 +189,7 @@ max_message_size = 10485760
 dir = "$dir/spool"
 [users]
 file = "$dir/users.toml"
-# No mailbox listeners: the load tests measure SMTP only.
-[pop3]
-listen = []
-[imap]
-listen = []
+$mailbox
 [metrics]
 listen = "127.0.0.1:$mport"
 $extra

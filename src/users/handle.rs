@@ -1,11 +1,14 @@
 //! The live view of the users file a running server asks: a shared snapshot
 //! that is re-read when the file changes (checked at most once a second, on
 //! lookup), so `tern user add` takes effect without a restart. It must never
-//! replace a good snapshot with a bad file, nor hold its lock while hashing.
+//! replace a good snapshot with a bad file, nor hold its lock while hashing,
+//! nor run more password checks at once than it has slots for.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
 
 use super::file::{load_stamped, FileStamp};
 use super::{User, Users, UsersError};
@@ -24,6 +27,18 @@ struct Shared {
     path: PathBuf,
     check_interval: Duration,
     state: Mutex<State>,
+    /// Password checks that may run at once (see `verify_slots`).
+    verify_slots: Arc<Semaphore>,
+}
+
+/// How many argon2id checks may run at once: one per core. A check is pure
+/// CPU and holds its whole memory cost (19 MiB for new hashes, up to the
+/// 2 GiB a stored hash may ask for) while it runs, so more at once add
+/// memory, not speed: without a bound, a burst of logins (100 mail clients
+/// polling together, or one client opening connections on purpose) ran one
+/// check per blocking thread, 19 MiB each.
+fn verify_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 struct State {
@@ -40,12 +55,13 @@ impl UsersHandle {
     /// Loads the users file; fails when it is bad, so a server does not
     /// start on a broken file. A missing file means no users yet.
     pub fn open(path: &Path) -> Result<UsersHandle, UsersError> {
-        UsersHandle::open_checking_every(path, CHECK_INTERVAL)
+        UsersHandle::open_with(path, CHECK_INTERVAL, verify_slots())
     }
 
-    fn open_checking_every(
+    fn open_with(
         path: &Path,
         check_interval: Duration,
+        verify_slots: usize,
     ) -> Result<UsersHandle, UsersError> {
         let (users, stamp) = load_stamped(path)?;
         record_loaded(&users);
@@ -59,6 +75,7 @@ impl UsersHandle {
                     checked: Instant::now(),
                     stat_failing: false,
                 }),
+                verify_slots: Arc::new(Semaphore::new(verify_slots)),
             }),
         })
     }
@@ -97,10 +114,19 @@ impl UsersHandle {
 
     /// `verify` on tokio's blocking pool: argon2id costs tens of
     /// milliseconds of CPU by design and must never run on a core's event
-    /// loop. Returns the user's name.
+    /// loop. Waits for a free slot first (one per core, shared by every
+    /// listener); the slot is held by the check itself, so a session that
+    /// goes away while its check runs does not free it early. Returns the
+    /// user's name.
     pub async fn verify_off_loop(&self, login: String, password: String) -> Option<String> {
+        // The semaphore is never closed: acquiring only waits.
+        let slot = Arc::clone(&self.shared.verify_slots)
+            .acquire_owned()
+            .await
+            .ok()?;
         let users = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             users
                 .verify(&login, password.as_bytes())
                 .map(|user| user.name().to_owned())
@@ -174,6 +200,61 @@ mod tests {
 
     fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
 
+    fn handle_with_alice(dir: &Path, slots: usize) -> UsersHandle {
+        let path = dir.join("users.toml");
+        Users::edit(&path, |users| {
+            users.add("alice@localhost", b"pw", &[]).map(|_| ())
+        })
+        .unwrap();
+        UsersHandle::open_with(&path, Duration::from_secs(3600), slots).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_check_waits_for_a_free_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = handle_with_alice(dir.path(), 1);
+        let held = Arc::clone(&handle.shared.verify_slots)
+            .try_acquire_owned()
+            .unwrap();
+        let login = tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                handle
+                    .verify_off_loop("alice@localhost".into(), "pw".into())
+                    .await
+            }
+        });
+        // With the only slot taken the check cannot start, however long it
+        // is given (a check with the tests' cheap hash takes microseconds).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!login.is_finished());
+        drop(held);
+        assert_eq!(login.await.unwrap().as_deref(), Some("alice@localhost"));
+        assert_eq!(handle.shared.verify_slots.available_permits(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_checks_all_finish_and_give_their_slots_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = handle_with_alice(dir.path(), 2);
+        let logins: Vec<_> = (0..16)
+            .map(|i| {
+                let handle = handle.clone();
+                let password = if i % 2 == 0 { "pw" } else { "wrong" };
+                tokio::spawn(async move {
+                    handle
+                        .verify_off_loop("alice@localhost".into(), password.into())
+                        .await
+                })
+            })
+            .collect();
+        for (i, login) in logins.into_iter().enumerate() {
+            let want = (i % 2 == 0).then(|| "alice@localhost".to_owned());
+            assert_eq!(login.await.unwrap(), want, "login {i}");
+        }
+        assert_eq!(handle.shared.verify_slots.available_permits(), 2);
+    }
+
     #[test]
     fn the_handle_is_shareable_between_threads() {
         assert_shareable::<UsersHandle>();
@@ -183,7 +264,7 @@ mod tests {
     fn edits_are_seen_without_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
-        let handle = UsersHandle::open_checking_every(&path, SOON).unwrap();
+        let handle = UsersHandle::open_with(&path, SOON, 1).unwrap();
         assert!(handle.find_by_address("alice@localhost").is_none());
         Users::edit(&path, |users| {
             users.add("alice@localhost", b"pw", &[]).map(|_| ())
@@ -207,7 +288,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
         Users::edit(&path, |users| users.add("alice", b"pw", &[]).map(|_| ())).unwrap();
-        let handle = UsersHandle::open_checking_every(&path, SOON).unwrap();
+        let handle = UsersHandle::open_with(&path, SOON, 1).unwrap();
         std::fs::write(
             &path,
             "[[user]]\nname = \"alice\"\npassword = \"plaintext\"\n",
@@ -226,7 +307,7 @@ mod tests {
     fn the_file_is_looked_at_only_once_per_interval() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
-        let handle = UsersHandle::open_checking_every(&path, Duration::from_secs(3600)).unwrap();
+        let handle = UsersHandle::open_with(&path, Duration::from_secs(3600), 1).unwrap();
         Users::edit(&path, |users| users.add("alice", b"pw", &[]).map(|_| ())).unwrap();
         assert!(handle.find("alice").is_none());
         assert_eq!(handle.path(), path);

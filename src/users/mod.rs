@@ -32,7 +32,7 @@ use thiserror::Error;
 
 pub use address::{fold, AddressError, NameError};
 pub use handle::UsersHandle;
-pub use password::{HashError, PasswordError};
+pub use password::{return_check_memory_to_the_system, HashError, PasswordError};
 
 /// Everything that can go wrong reading, checking or editing users. Each
 /// message is complete on its own (the cause is part of it, not a separate
