@@ -14,7 +14,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +110,49 @@ fn send_over(tls: &mut TlsSmtp, rcpt: &str) -> (u16, String) {
     read_reply(tls)
 }
 
+/// Two certificates for "localhost" from two test CAs, and the files the
+/// server is configured with (`cert`, `key`), holding certificate a.
+struct TwoCertificates {
+    /// The CAs' certificates, PEM.
+    ca_a: String,
+    ca_b: String,
+    cert_a: PathBuf,
+    key_a: PathBuf,
+    cert_b: PathBuf,
+    key_b: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TwoCertificates {
+    fn new(dir: &Path) -> TwoCertificates {
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let (ca_a, cert_a, key_a) = make_test_ca_for(&a, &["localhost"]);
+        let (ca_b, cert_b, key_b) = make_test_ca_for(&b, &["localhost"]);
+        let certs = TwoCertificates {
+            ca_a,
+            ca_b,
+            cert_a,
+            key_a,
+            cert_b,
+            key_b,
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::copy(&certs.cert_a, &certs.cert).unwrap();
+        std::fs::copy(&certs.key_a, &certs.key).unwrap();
+        certs
+    }
+
+    /// Put certificate b (and its key) where the configuration points.
+    fn install_b(&self) {
+        std::fs::copy(&self.cert_b, &self.cert).unwrap();
+        std::fs::copy(&self.key_b, &self.key).unwrap();
+    }
+}
+
 fn leaf_der(cert: &Path) -> Vec<u8> {
     CertificateDer::from_pem_file(cert).unwrap().to_vec()
 }
@@ -117,15 +160,8 @@ fn leaf_der(cert: &Path) -> Vec<u8> {
 #[test]
 fn sighup_swaps_the_certificate_and_keeps_open_sessions() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&a).unwrap();
-    std::fs::create_dir_all(&b).unwrap();
-    let (ca_a, cert_a, key_a) = make_test_ca_for(&a, &["localhost"]);
-    let (ca_b, cert_b, key_b) = make_test_ca_for(&b, &["localhost"]);
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    std::fs::copy(&cert_a, &cert).unwrap();
-    std::fs::copy(&key_a, &key).unwrap();
+    let certs = TwoCertificates::new(dir.path());
+    let (cert, key) = (&certs.cert, &certs.key);
     let tls_keys = format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
         cert.display(),
@@ -133,20 +169,19 @@ fn sighup_swaps_the_certificate_and_keeps_open_sessions() {
     );
     let (_, config) = config_file(dir.path(), &tls_keys);
     let (mut server, smtp, logs) = spawn_tern_logged(&config);
-    let client = client_config(&[&ca_a, &ca_b]);
+    let client = client_config(&[&certs.ca_a, &certs.ca_b]);
 
     let (mut old, seen) = starttls(smtp, &client);
-    assert_eq!(seen, leaf_der(&cert_a));
+    assert_eq!(seen, leaf_der(&certs.cert_a));
 
     // Renew the certificate in place, as certbot does, and reload.
-    std::fs::copy(&cert_b, &cert).unwrap();
-    std::fs::copy(&key_b, &key).unwrap();
+    certs.install_b();
     signal(&server, libc::SIGHUP);
     wait_log(&logs, "configuration reloaded", PROMPT).expect("reload logged");
     let (mut new, seen) = starttls(smtp, &client);
     assert_eq!(
         seen,
-        leaf_der(&cert_b),
+        leaf_der(&certs.cert_b),
         "a new handshake gets the new certificate"
     );
     // The session opened before the reload still carries mail.
@@ -173,12 +208,16 @@ fn sighup_swaps_the_certificate_and_keeps_open_sessions() {
     assert!(line.contains("tern.toml"), "{line}");
     // A certificate that does not parse: the same.
     config_file(dir.path(), &tls_keys);
-    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(cert, "not a certificate").unwrap();
     signal(&server, libc::SIGHUP);
     let line = wait_log(&logs, "reload failed", PROMPT).expect("failure logged");
     assert!(line.contains("[tls] cert"), "{line}");
     let (mut after, seen) = starttls(smtp, &client);
-    assert_eq!(seen, leaf_der(&cert_b), "the running certificate stays");
+    assert_eq!(
+        seen,
+        leaf_der(&certs.cert_b),
+        "the running certificate stays"
+    );
     let (code, text) = send_over(&mut after, "three@after.example");
     assert_eq!(code, 250, "{text}");
     assert!(server.0.try_wait().unwrap().is_none(), "tern still runs");
@@ -207,15 +246,8 @@ fn implicit_tls(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> (Vec<u8
 #[test]
 fn reload_swaps_the_certificate_of_pop3s_and_imaps() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    std::fs::create_dir_all(&a).unwrap();
-    std::fs::create_dir_all(&b).unwrap();
-    let (ca_a, cert_a, key_a) = make_test_ca_for(&a, &["localhost"]);
-    let (ca_b, cert_b, key_b) = make_test_ca_for(&b, &["localhost"]);
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    std::fs::copy(&cert_a, &cert).unwrap();
-    std::fs::copy(&key_a, &key).unwrap();
+    let certs = TwoCertificates::new(dir.path());
+    let (cert, key) = (&certs.cert, &certs.key);
     let (config, path) = config_file(
         dir.path(),
         &format!(
@@ -226,30 +258,29 @@ fn reload_swaps_the_certificate_of_pop3s_and_imaps() {
         ),
     );
     let mut server = tern::runtime::start(&config).unwrap();
-    let client = client_config(&[&ca_a, &ca_b]);
+    let client = client_config(&[&certs.ca_a, &certs.ca_b]);
     let pop3s = server.pop3_tls_addrs[0];
     let imaps = server.imap_tls_addrs[0];
     let (seen, greeting) = implicit_tls(pop3s, &client);
-    assert_eq!(seen, leaf_der(&cert_a));
+    assert_eq!(seen, leaf_der(&certs.cert_a));
     assert!(greeting.starts_with("+OK"), "{greeting}");
 
-    std::fs::copy(&cert_b, &cert).unwrap();
-    std::fs::copy(&key_b, &key).unwrap();
+    certs.install_b();
     let source = tern::config::Source::File(path.clone());
     let report = server.reload(&config, &source).unwrap();
     assert!(report.applied.is_empty() && report.restart_needed.is_empty());
     let (seen, greeting) = implicit_tls(pop3s, &client);
-    assert_eq!(seen, leaf_der(&cert_b), "POP3S: {greeting}");
+    assert_eq!(seen, leaf_der(&certs.cert_b), "POP3S: {greeting}");
     let (seen, greeting) = implicit_tls(imaps, &client);
-    assert_eq!(seen, leaf_der(&cert_b), "IMAPS: {greeting}");
+    assert_eq!(seen, leaf_der(&certs.cert_b), "IMAPS: {greeting}");
     assert!(greeting.starts_with("* OK"), "{greeting}");
 
     // A key that does not match the certificate: refused, B stays.
-    std::fs::copy(&key_a, &key).unwrap();
+    std::fs::copy(&certs.key_a, key).unwrap();
     let err = server.reload(&config, &source).unwrap_err().to_string();
     assert!(err.contains("[tls]"), "{err}");
     let (seen, _) = implicit_tls(imaps, &client);
-    assert_eq!(seen, leaf_der(&cert_b));
+    assert_eq!(seen, leaf_der(&certs.cert_b));
     server.shutdown();
 }
 
