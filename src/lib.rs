@@ -19,4 +19,6 @@ pub mod runtime;
 pub mod sasl;
 pub mod smtp;
 pub mod spool;
+#[cfg(test)]
+mod test_util;
 pub mod users;

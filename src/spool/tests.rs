@@ -4,11 +4,11 @@
 //! They drive the public API and touch the spool directory only with plain
 //! file I/O; waits on the background preparer are bounded polls.
 
+use crate::test_util::eventually;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use super::record::tests::sample_envelope;
 use super::segment::segment_path;
@@ -28,18 +28,6 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
-}
-
-/// Polls `check` for up to ten seconds.
-fn eventually(mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    check()
 }
 
 fn segment_files(dir: &Path) -> Vec<String> {

@@ -4,9 +4,9 @@
 //! simulated kill -9 after each step (everything dropped, both stores
 //! reopened from disk and reconciled the way `runtime::start` does).
 
+use crate::test_util::eventually;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
@@ -248,17 +248,6 @@ fn segment_files(world: &World) -> Vec<u64> {
         .collect();
     seqs.sort_unstable();
     seqs
-}
-
-fn eventually(mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    check()
 }
 
 /// Fills more than one segment with mail for alice (every fifth message
