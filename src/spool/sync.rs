@@ -13,10 +13,10 @@ use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -120,12 +120,101 @@ impl Failure {
     }
 }
 
+/// A finished message's dead mark waits at most this long for a batch that
+/// syncs its segment anyway before it gets an fdatasync of its own.
+const DEAD_MARK_WAIT: Duration = Duration::from_millis(100);
+
+/// Finished messages whose MESSAGE records are marked dead but perhaps not
+/// yet durably: they keep their segments until a sync covers the mark.
+///
+/// Why carried over instead of synced at once: the final update that made
+/// the message finished is already durable (recovery finds the message
+/// final from it and marks it dead itself), so the mark only has to be
+/// durable before the segments holding the update records are released.
+/// Under load the next batch syncs the same active segment within a
+/// millisecond or so, which saves an fdatasync per batch.
+#[derive(Default)]
+struct DeadMarks {
+    waiting: Vec<(LiveMessage, Instant)>,
+}
+
+impl DeadMarks {
+    /// When the oldest mark stops waiting for a batch to cover it.
+    fn deadline(&self) -> Option<Instant> {
+        self.waiting
+            .iter()
+            .map(|(_, at)| *at + DEAD_MARK_WAIT)
+            .min()
+    }
+
+    /// Releases the messages whose segment `synced` made durable after
+    /// their mark was written; then syncs the segments of marks that have
+    /// waited `DEAD_MARK_WAIT` (all of them when `all`) and releases those.
+    fn settle(&mut self, shared: &Shared, synced: &[u64], all: bool) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let before = self.waiting.len();
+        let mut failed = Vec::new();
+        let mut own_syncs: Vec<(u64, bool)> = Vec::new();
+        let mut still_waiting = Vec::new();
+        for (message, marked_at) in self.waiting.drain(..) {
+            let seq = message.segment.seq();
+            if synced.contains(&seq) {
+                // Dropping the message releases its segments.
+                continue;
+            }
+            if !all && now < marked_at + DEAD_MARK_WAIT {
+                still_waiting.push((message, marked_at));
+                continue;
+            }
+            let ok = match own_syncs.iter().find(|(done, _)| *done == seq) {
+                Some((_, ok)) => *ok,
+                None => {
+                    let ok = match sync_counted(shared, &message.segment) {
+                        Ok(()) => true,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "could not sync finished messages; their segments stay in use until restart");
+                            false
+                        }
+                    };
+                    own_syncs.push((seq, ok));
+                    ok
+                }
+            };
+            if !ok {
+                failed.push(message);
+            }
+        }
+        let released = before != still_waiting.len();
+        self.waiting = still_waiting;
+        if !failed.is_empty() {
+            shared.pin(failed);
+        }
+        if released {
+            shared.pool.wake();
+        }
+    }
+}
+
 /// Body of a writer's sync thread.
 pub(crate) fn run(shared: Arc<Shared>, requests: Receiver<SyncMsg>) {
+    let mut marks = DeadMarks::default();
     loop {
-        let first = match requests.recv() {
+        let received = match marks.deadline() {
+            None => requests.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(deadline) => {
+                requests.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            }
+        };
+        let first = match received {
             Ok(SyncMsg::Job(job)) => job,
-            Ok(SyncMsg::Stop) | Err(_) => return,
+            Err(RecvTimeoutError::Timeout) => {
+                marks.settle(&shared, &[], false);
+                continue;
+            }
+            Ok(SyncMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut batch = vec![first];
         let mut stop = false;
@@ -138,11 +227,12 @@ pub(crate) fn run(shared: Arc<Shared>, requests: Receiver<SyncMsg>) {
                 }
             }
         }
-        commit_batch(&shared, batch);
+        commit_batch(&shared, batch, &mut marks);
         if stop {
-            return;
+            break;
         }
     }
+    marks.settle(&shared, &[], true);
 }
 
 fn sync_counted(shared: &Shared, segment: &Segment) -> Result<(), SpoolError> {
@@ -151,7 +241,7 @@ fn sync_counted(shared: &Shared, segment: &Segment) -> Result<(), SpoolError> {
     segment.sync()
 }
 
-fn commit_batch(shared: &Shared, batch: Vec<SyncJob>) {
+fn commit_batch(shared: &Shared, batch: Vec<SyncJob>, marks: &mut DeadMarks) {
     let mut outcomes: Vec<(u64, Result<(), Failure>)> = Vec::new();
     for job in &batch {
         let seq = job.segment.seq();
@@ -163,6 +253,13 @@ fn commit_batch(shared: &Shared, batch: Vec<SyncJob>) {
         let outcome = sync_counted(shared, &job.segment).map_err(|e| Failure::of(&e, &job.segment));
         outcomes.push((seq, outcome));
     }
+    let synced: Vec<u64> = outcomes
+        .iter()
+        .filter(|(_, outcome)| outcome.is_ok())
+        .map(|(seq, _)| *seq)
+        .collect();
+    // Marks written before these syncs are durable now.
+    marks.settle(shared, &synced, false);
     let mut finished = Vec::new();
     let mut durable = Vec::new();
     for job in batch {
@@ -207,10 +304,9 @@ fn commit_batch(shared: &Shared, batch: Vec<SyncJob>) {
             }
         }
     }
-    // Messages made final by this batch are marked dead before their
-    // updaters hear back, so a resolved final update means a finished
-    // message on disk too.
-    finish(shared, finished);
+    // Marked dead before their updaters hear back (the mark may not be
+    // durable yet: see `DeadMarks`).
+    mark_finished(shared, finished, marks);
     for (waiter, queued_at) in durable {
         metrics::histogram!("tern_spool_commit_seconds").record(queued_at.elapsed().as_secs_f64());
         // The waiter may have given up; the record is durable anyway.
@@ -218,50 +314,25 @@ fn commit_batch(shared: &Shared, batch: Vec<SyncJob>) {
     }
 }
 
-/// Marks the MESSAGE records of messages that just became final as dead
-/// and makes that durable; only then are their segments released (their
-/// update records stop being needed once recovery skips the message).
-fn finish(shared: &Shared, finished: Vec<(QueueId, LiveMessage)>) {
-    if finished.is_empty() {
-        return;
-    }
-    let mut marked = Vec::new();
+/// Marks the MESSAGE records of messages that just became final as dead;
+/// they wait in `marks` until a sync makes that durable, and only then are
+/// their segments released (their update records stop being needed once
+/// recovery skips the message).
+fn mark_finished(shared: &Shared, finished: Vec<(QueueId, LiveMessage)>, marks: &mut DeadMarks) {
+    let now = Instant::now();
     let mut failed = Vec::new();
     for (id, message) in finished {
         match message.segment.mark_dead(id.offset()) {
-            Ok(()) => marked.push(message),
+            Ok(()) => marks.waiting.push((message, now)),
             Err(err) => {
                 tracing::warn!(%id, error = %err, "could not mark finished message; its segments stay in use until restart");
                 failed.push(message);
             }
         }
     }
-    let mut synced: Vec<(u64, bool)> = Vec::new();
-    for message in marked {
-        let seq = message.segment.seq();
-        let ok = match synced.iter().find(|(done, _)| *done == seq) {
-            Some((_, ok)) => *ok,
-            None => {
-                let ok = match sync_counted(shared, &message.segment) {
-                    Ok(()) => true,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "could not sync finished messages; their segments stay in use until restart");
-                        false
-                    }
-                };
-                synced.push((seq, ok));
-                ok
-            }
-        };
-        if !ok {
-            failed.push(message);
-        }
-        // A message dropped here releases its segments.
-    }
     if !failed.is_empty() {
         shared.pin(failed);
     }
-    shared.pool.wake();
 }
 
 #[cfg(test)]

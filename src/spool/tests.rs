@@ -479,6 +479,100 @@ async fn segment_caught_mid_recycle_is_reused_not_quarantined() {
 }
 
 #[tokio::test]
+async fn a_finished_message_is_marked_dead_without_a_sync_of_its_own_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(config(dir.path())).unwrap();
+    let mut writer = spool.writer(0).unwrap();
+    let id = append(&mut writer, 1, b"one recipient").await;
+    let before = spool.sync_count();
+    writer
+        .update_recipients(&id, &[(0, RecipientState::Delivered)])
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        spool.sync_count() - before,
+        1,
+        "the final update's sync only"
+    );
+    let path = segment_path(dir.path(), id.segment_seq());
+    let status_at = id.offset() + super::record::STATUS_OFFSET;
+    let mut status = [0u8; 1];
+    fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut status, status_at)
+        .unwrap();
+    assert_eq!(status[0], super::record::STATUS_DEAD, "marked at once");
+    // The next batch syncs the same segment and so covers the mark.
+    append(&mut writer, 1, b"the next message").await;
+    assert_eq!(spool.sync_count() - before, 2);
+    spool.close();
+}
+
+#[tokio::test]
+async fn an_idle_writer_makes_a_dead_mark_durable_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(config(dir.path())).unwrap();
+    let mut writer = spool.writer(0).unwrap();
+    let id = append(&mut writer, 1, b"one recipient").await;
+    writer
+        .update_recipients(&id, &[(0, RecipientState::Delivered)])
+        .unwrap()
+        .await
+        .unwrap();
+    let after_update = spool.sync_count();
+    assert!(
+        eventually(|| spool.sync_count() == after_update + 1),
+        "the mark never got a sync of its own"
+    );
+    spool.close();
+}
+
+#[tokio::test]
+async fn a_final_message_whose_dead_mark_was_lost_stays_final_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (id, kept) = {
+        let spool = Spool::open(config(dir.path())).unwrap();
+        let mut writer = spool.writer(0).unwrap();
+        let id = append(&mut writer, 2, b"two recipients").await;
+        let kept = append(&mut writer, 1, b"still queued").await;
+        writer
+            .update_recipients(
+                &id,
+                &[
+                    (0, RecipientState::Delivered),
+                    (
+                        1,
+                        RecipientState::Bounced {
+                            reason: "550 5.1.1 no".into(),
+                        },
+                    ),
+                ],
+            )
+            .unwrap()
+            .await
+            .unwrap();
+        spool.close();
+        (id, kept)
+    };
+    // A crash before the mark reached the disk: the record still says live.
+    let path = segment_path(dir.path(), id.segment_seq());
+    let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let mut live = [0u8; 1];
+    fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut live, kept.offset() + super::record::STATUS_OFFSET)
+        .unwrap();
+    file.write_all_at(&live, id.offset() + super::record::STATUS_OFFSET)
+        .unwrap();
+    drop(file);
+    let spool = Spool::open(config(dir.path())).unwrap();
+    let ids: Vec<QueueId> = spool.queued().iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![kept], "the final updates keep it finished");
+    assert!(matches!(spool.read(&id), Err(SpoolError::NotFound(_))));
+}
+
+#[tokio::test]
 async fn message_without_recipients_is_final_at_once_and_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
