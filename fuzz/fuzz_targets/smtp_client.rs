@@ -46,6 +46,7 @@ fuzz_target!(|input: &[u8]| {
     let split = input.first().map(|&b| b as usize).unwrap_or(0).min(input.len());
     let (first, second) = input.split_at(split);
     let mut sent = false;
+    let mut spare = Vec::new();
     for chunk in [first, second] {
         session.receive(chunk);
         // Each event either consumes input or changes state; bound the loop anyway.
@@ -67,8 +68,7 @@ fuzz_target!(|input: &[u8]| {
                 ClientEvent::TransactionDone(_) => {}
                 ClientEvent::Closed(_) => return,
             }
-            let n = session.output().len();
-            session.consume_output(n);
+            spare = session.take_output(spare);
         }
     }
     session.peer_closed();

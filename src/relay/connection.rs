@@ -222,14 +222,10 @@ impl<T: Transport + 'static> OutboundConnection<T> {
         if self.session.output().is_empty() {
             return Ok(());
         }
-        let mut buf = std::mem::take(&mut self.out_buf);
-        buf.clear();
-        buf.extend_from_slice(self.session.output());
-        let n = buf.len();
+        let buf = self.session.take_output(std::mem::take(&mut self.out_buf));
         match tokio::time::timeout(self.session.write_timeout(), self.stream.write_all(buf)).await {
             Ok((Ok(()), buf)) => {
                 self.out_buf = buf;
-                self.session.consume_output(n);
                 Ok(())
             }
             Ok((Err(e), _)) => Err(e),

@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 
-use memchr::memchr_iter;
+use memchr::memmem;
 
 use super::extensions::Extensions;
 use super::reply::ReceivedReply;
@@ -219,17 +219,18 @@ impl ActiveTransaction {
             });
         }
 
-        let content = if extensions.chunking {
-            let size = tx.trace.len() + tx.data.len();
-            let mut content = format!("BDAT {size} LAST\r\n").into_bytes();
+        let size = tx.trace.len() + tx.data.len();
+        // Room for the BDAT command, or for the CRLF, the final dot and a
+        // few stuffed dots: the content is built once, in place.
+        let mut content = Vec::with_capacity(size + 64);
+        if extensions.chunking {
+            content.extend_from_slice(format!("BDAT {size} LAST\r\n").as_bytes());
             content.extend_from_slice(tx.trace);
             content.extend_from_slice(tx.data);
-            content
         } else {
-            let mut content = tx.trace.to_vec();
-            content.extend_from_slice(&dot_stuff(tx.data));
-            content
-        };
+            content.extend_from_slice(tx.trace);
+            dot_stuff_into(tx.data, &mut content);
+        }
         let mut active = Self {
             accepted: vec![false; sent.len()],
             slots,
@@ -309,7 +310,7 @@ impl ActiveTransaction {
             }
             Expect::Data if class == 3 => {
                 if self.any_accepted() {
-                    out.append(&mut self.content);
+                    hand_over(&mut self.content, out);
                     self.expects.push_back(Expect::DataEnd);
                 } else {
                     // The peer wants content nobody will receive: end it at once.
@@ -388,7 +389,7 @@ impl ActiveTransaction {
     fn send_data_or_bdat(&mut self, out: &mut Vec<u8>) {
         if self.chunking {
             // BDAT carries its chunk right behind the command (RFC 3030 2).
-            out.append(&mut self.content);
+            hand_over(&mut self.content, out);
             self.expects.push_back(Expect::Bdat);
         } else {
             out.extend_from_slice(DATA);
@@ -481,29 +482,39 @@ fn rcpt_command(recipient: &Recipient, extensions: &Extensions) -> Vec<u8> {
     command.into_bytes()
 }
 
-/// DATA content for the wire (RFC 5321 4.5.2): a `.` doubled at the start
-/// of every line, a CRLF added when the data does not end in one, then the
-/// terminating `.` line.
-fn dot_stuff(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + data.len() / 64 + 5);
-    let mut line_start = 0;
+/// Moves `content` to the end of `out`; when `out` is empty (the usual
+/// case: everything before it was written) the buffer itself changes hands
+/// and no byte is copied.
+fn hand_over(content: &mut Vec<u8>, out: &mut Vec<u8>) {
+    if out.is_empty() {
+        std::mem::swap(content, out);
+        content.clear();
+    } else {
+        out.append(content);
+    }
+}
+
+/// DATA content for the wire (RFC 5321 4.5.2), appended to `out`: a `.`
+/// doubled at the start of every line, a CRLF added when the data does not
+/// end in one, then the terminating `.` line. One SIMD scan for LF-dot
+/// pairs finds every line that needs stuffing; the runs between are copied
+/// whole.
+fn dot_stuff_into(data: &[u8], out: &mut Vec<u8>) {
+    let mut run_start = 0;
     if data.first() == Some(&b'.') {
         out.push(b'.');
     }
-    for lf in memchr_iter(b'\n', data) {
-        let next = lf + 1;
-        if data.get(next) == Some(&b'.') {
-            out.extend_from_slice(data.get(line_start..next).unwrap_or_default());
-            out.push(b'.');
-            line_start = next;
-        }
+    for lf in memmem::find_iter(data, b"\n.") {
+        let dot = lf + 1;
+        out.extend_from_slice(data.get(run_start..dot).unwrap_or_default());
+        out.push(b'.');
+        run_start = dot;
     }
-    out.extend_from_slice(data.get(line_start..).unwrap_or_default());
+    out.extend_from_slice(data.get(run_start..).unwrap_or_default());
     if !data.is_empty() && !data.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(LONE_DOT);
-    out
 }
 
 #[cfg(test)]
@@ -540,6 +551,12 @@ pub(super) mod tests {
         }
     }
 
+    fn dot_stuff(data: &[u8]) -> Vec<u8> {
+        let mut out = b"trace\r\n".to_vec();
+        dot_stuff_into(data, &mut out);
+        out.split_off(b"trace\r\n".len())
+    }
+
     #[test]
     fn dot_stuffing_doubles_leading_dots() {
         assert_eq!(
@@ -547,6 +564,39 @@ pub(super) mod tests {
             b"..a\r\nb\r\n..\r\n...c\r\n.\r\n"
         );
         assert_eq!(dot_stuff(b"a.b\r\n"), b"a.b\r\n.\r\n");
+    }
+
+    #[test]
+    fn dot_stuffing_agrees_with_a_line_by_line_reference() {
+        fn reference(data: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut at_line_start = true;
+            for &byte in data {
+                if at_line_start && byte == b'.' {
+                    out.push(b'.');
+                }
+                out.push(byte);
+                at_line_start = byte == b'\n';
+            }
+            if !data.is_empty() && !data.ends_with(b"\r\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            out
+        }
+        // Every string of up to 6 symbols from an alphabet with the
+        // characters that matter.
+        let alphabet = [b'.', b'\r', b'\n', b'a'];
+        for len in 0..=6u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let mut data = Vec::new();
+                for _ in 0..len {
+                    data.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                assert_eq!(dot_stuff(&data), reference(&data), "{data:?}");
+            }
+        }
     }
 
     #[test]
