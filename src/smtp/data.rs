@@ -127,15 +127,24 @@ impl DataDecoder {
     /// Decodes `input`, appending content to `out` while the message is
     /// still acceptable; once it is not, `out` is cleared and stays empty.
     /// In DATA framing, stops right after the terminator.
+    ///
+    /// Lines are checked one by one, but content is copied in runs of many
+    /// lines: `input[run..pos]` is content not yet appended, copied in one
+    /// piece when a byte must be left out (a stuffed dot, a bare CR or LF,
+    /// the terminator) or when the input ends.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Progress {
         let mut pos = 0;
-        // Every `input[pos]` below is guarded by this loop condition.
+        let mut run = 0;
+        // Every `input[pos]` below is guarded by this loop condition, and
+        // `run <= pos` holds throughout.
         while pos < input.len() {
             match self.state {
                 State::LineStart => {
                     if self.framing == Framing::DotStuffed && input[pos] == b'.' {
-                        self.state = State::Dot;
+                        self.append(&input[run..pos], out);
                         pos += 1;
+                        run = pos;
+                        self.state = State::Dot;
                     } else {
                         self.state = State::InLine;
                     }
@@ -145,12 +154,14 @@ impl DataDecoder {
                         self.state = State::DotCr;
                         pos += 1;
                     } else {
-                        // Dot-unstuffing (RFC 5321 4.5.2): the leading dot goes.
+                        // Dot-unstuffing (RFC 5321 4.5.2): the leading dot
+                        // stays out of the run.
                         self.state = State::InLine;
                     }
                 }
                 State::DotCr => {
                     if input[pos] == b'\n' {
+                        // `input[run..pos]` is the terminator's CR, if any.
                         self.state = State::LineStart;
                         return Progress {
                             consumed: pos + 1,
@@ -160,17 +171,27 @@ impl DataDecoder {
                     // `.` CR followed by something else: the CR is bare.
                     self.bare_line_ending = true;
                     out.clear();
+                    run = pos;
                     self.state = State::InLine;
                 }
                 State::Cr => {
                     if input[pos] == b'\n' {
-                        self.append(b"\r\n", out);
+                        if run == pos {
+                            // The CR ended the previous input and was held
+                            // back; this LF makes it a line end.
+                            self.append(b"\r", out);
+                        }
+                        pos += 1;
                         self.line_len = 0;
                         self.state = State::LineStart;
-                        pos += 1;
                     } else {
                         self.bare_line_ending = true;
                         out.clear();
+                        // The bare CR (the byte before, when in this input)
+                        // is left out.
+                        let cr = pos.saturating_sub(1).max(run);
+                        self.append(&input[run..cr], out);
+                        run = pos;
                         self.state = State::InLine;
                     }
                 }
@@ -182,7 +203,6 @@ impl DataDecoder {
                         self.line_too_long = true;
                         out.clear();
                     }
-                    self.append(&rest[..span_len], out);
                     pos += span_len;
                     match rest.get(span_len) {
                         Some(b'\r') => {
@@ -194,14 +214,23 @@ impl DataDecoder {
                             // real CRLF.CRLF may end the message.
                             self.bare_line_ending = true;
                             out.clear();
+                            self.append(&input[run..pos], out);
                             self.line_len = self.line_len.saturating_add(1);
                             pos += 1;
+                            run = pos;
                         }
                         None => {}
                     }
                 }
             }
         }
+        // A CR whose LF has not come yet is held back: the next input says
+        // whether it is a line end.
+        let end = match self.state {
+            State::Cr | State::DotCr => pos.saturating_sub(1).max(run),
+            _ => pos,
+        };
+        self.append(&input[run..end], out);
         Progress {
             consumed: input.len(),
             finished: false,
@@ -255,8 +284,50 @@ mod tests {
         };
         assert_eq!(out_whole, out_single);
         assert_eq!(error_whole, error_single);
+        assert_eq!(whole.size(), single.size());
         assert_eq!(progress.consumed, consumed);
+
+        // Split in two at every point: the same as whole.
+        for split in 0..=input.len() {
+            let mut halves = DataDecoder::new(framing, max);
+            let mut out_halves = Vec::new();
+            let first = halves.feed(&input[..split], &mut out_halves);
+            let consumed = if first.finished {
+                first.consumed
+            } else {
+                split + halves.feed(&input[split..], &mut out_halves).consumed
+            };
+            let error_halves = if finished_whole || framing == Framing::Chunked {
+                halves.finish()
+            } else {
+                halves.error()
+            };
+            assert_eq!(out_halves, out_whole, "split at {split}");
+            assert_eq!(error_halves, error_whole, "split at {split}");
+            assert_eq!(halves.size(), whole.size(), "split at {split}");
+            assert_eq!(consumed, progress.consumed, "split at {split}");
+        }
         (out_whole, error_whole, progress.consumed)
+    }
+
+    #[test]
+    fn every_short_input_decodes_alike_whole_split_and_bytewise() {
+        // Every string of up to 7 symbols from an alphabet with the
+        // characters that matter, in both framings, with a size limit
+        // some of them pass.
+        let alphabet = [b'.', b'\r', b'\n', b'a'];
+        for len in 0..=7u32 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let mut input = Vec::new();
+                for _ in 0..len {
+                    input.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                for framing in [Framing::DotStuffed, Framing::Chunked] {
+                    decode(framing, 3, &input);
+                }
+            }
+        }
     }
 
     #[test]

@@ -47,6 +47,12 @@ pub const AUTH_FAILURES_PER_SESSION_MAX: u32 = 3;
 /// (Postfix's `smtpd_junk_command_limit`): a client that only keeps the
 /// session alive reaches the hard error limit.
 pub const JUNK_COMMANDS_FREE: u32 = 100;
+/// Content buffer reserved at DATA when the client declared no SIZE: most
+/// mail fits, so the buffer is not copied as it grows.
+const CONTENT_RESERVE_GUESS: u64 = 64 * 1024;
+/// The most reserved ahead of content, whatever SIZE the client declared:
+/// a claim must not hold memory the client never sends.
+const CONTENT_RESERVE_MAX: u64 = 1024 * 1024;
 
 /// Settings shared by all sessions of one listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +239,13 @@ pub struct ServerSession {
     units: u64,
     /// Content bytes consumed in the current unit (DATA, BDAT chunk).
     unit_bytes: u64,
+}
+
+/// Bytes to reserve for `expected` more octets of content.
+fn content_reserve(expected: u64, max_size: u64) -> usize {
+    let bytes = expected.min(max_size).min(CONTENT_RESERVE_MAX);
+    // At most CONTENT_RESERVE_MAX, which fits any usize tern runs on.
+    usize::try_from(bytes).unwrap_or(0)
 }
 
 const fn status(class: u8, subject: u16, detail: u16) -> EnhancedStatus {
@@ -938,10 +951,12 @@ impl ServerSession {
             Some(tx) if tx.chunks.is_some() => bad_sequence("Error: DATA after BDAT"),
             Some(tx) if tx.recipients.is_empty() => no_valid_recipients(),
             Some(_) => {
-                self.phase = Phase::Data(DataDecoder::new(
-                    Framing::DotStuffed,
-                    self.config.max_message_size,
-                ));
+                let max_size = self.config.max_message_size;
+                if let Some(tx) = self.transaction.as_mut() {
+                    let expected = tx.mail.size.unwrap_or(CONTENT_RESERVE_GUESS);
+                    tx.data.reserve(content_reserve(expected, max_size));
+                }
+                self.phase = Phase::Data(DataDecoder::new(Framing::DotStuffed, max_size));
                 Reply::plain(354, "End data with <CR><LF>.<CR><LF>")
             }
         };
@@ -955,6 +970,7 @@ impl ServerSession {
             Some(tx) if !tx.recipients.is_empty() => {
                 tx.chunks
                     .get_or_insert_with(|| DataDecoder::new(Framing::Chunked, max_size));
+                tx.data.reserve(content_reserve(size, max_size));
                 self.phase = Phase::Bdat {
                     size,
                     remaining: size,
