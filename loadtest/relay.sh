@@ -7,7 +7,8 @@
 # first connection until the sink has received every message, and print one
 # line per case: msg/s of each, tern/Postfix ratio, tern as % of direct, the
 # rates at which each MTA accepted (smtp-source done), connections used at
-# the sink, tern's peak RSS and anonymous RSS, and a check. Results go to stdout and to
+# the sink, each MTA's CPU time per message, tern's peak RSS and anonymous
+# RSS, and a check. Results go to stdout and to
 # loadtest/out/relay-<date>.txt. Installs what it needs (Debian, as root).
 #
 # Must never: listen on or connect to anything but 127.0.0.1; share a port
@@ -91,6 +92,7 @@ SKIP_POSTFIX=${SKIP_POSTFIX:-0}
 SKIP_DIRECT=${SKIP_DIRECT:-0}
 SOURCE_EXTRA=${SOURCE_EXTRA:-}
 KEEP_WORKDIR=${KEEP_WORKDIR:-0}
+CLK_TCK=$(getconf CLK_TCK)
 SENDER=loadtest@sender.example
 RCPT=rcpt@remote.example        # a remote domain: both MTAs relay it to the sink
 
@@ -144,11 +146,12 @@ fi
 lt_say "# columns: direct/s, tern/s, pf/s = messages / time from smtp-source's start until the sink had all of them;"
 lt_say "#   tern/pf = tern/s / pf/s; %direct = tern/s / direct/s; tAcc/s, pfAcc/s = messages / time until smtp-source"
 lt_say "#   was done (accept side, relaying at the same time); tConn, pfConn = SMTP sessions the sink saw;"
+lt_say "#   tCPUus, pfCPUus = CPU time (user + system, all threads and processes) per message, in microseconds;"
 lt_say "#   ternMiB = tern's peak RSS (VmHWM); tAnonMiB = its RssAnon at the end (RSS without file pages: mapped spool)"
 lt_say ""
-FMT='%-12s %8s %8s %8s %7s %7s %8s %8s %6s %6s %7s %8s  %s'
+FMT='%-12s %8s %8s %8s %7s %7s %8s %8s %6s %6s %7s %8s %7s %8s  %s'
 # shellcheck disable=SC2059  # FMT is the one table format
-lt_say "$(printf "$FMT" case "direct/s" "tern/s" "pf/s" "tern/pf" "%direct" "tAcc/s" "pfAcc/s" tConn pfConn ternMiB tAnonMiB check)"
+lt_say "$(printf "$FMT" case "direct/s" "tern/s" "pf/s" "tern/pf" "%direct" "tAcc/s" "pfAcc/s" tConn pfConn tCPUus pfCPUus ternMiB tAnonMiB check)"
 
 # ---------------------------------------------------------------- one target
 # relay_run NAME TARGET PORT SIZE COUNT SESSIONS CASEDIR WATCH_PID STOP_CMD
@@ -184,9 +187,11 @@ relay_run() {
 
 # STOP_CMDs for relay_run. The tern and Postfix ones first take what can
 # only be measured while the MTA still runs; they set run_case's locals
-# (bash's dynamic scope): died, t_mib, t_anon (tern), left, sent (Postfix).
+# (bash's dynamic scope): died, t_mib, t_anon, t_ticks (tern), left, sent,
+# p_ticks (Postfix).
 stop_nothing() { :; }
 stop_tern_measured() {
+    t_ticks=$(($(lt_family_cpu_ticks "$TERN_PID") - t_ticks))
     died=$(lt_tern_died "$tdir")
     lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$tdir/metrics-after.txt"
     t_mib=$(lt_mib "$(lt_hwm_kib "$TERN_PID")")
@@ -194,6 +199,7 @@ stop_tern_measured() {
     lt_tern_stop
 }
 stop_postfix_measured() {
+    p_ticks=$(($(lt_family_cpu_ticks "$(pf_master_pid)") - p_ticks))
     pf_wait_empty 10
     left=$(pf_queued)
     sent=$(($(pf_sent_total) - sent0))
@@ -201,10 +207,14 @@ stop_postfix_measured() {
     lt_wait_free "$PF_PORT" 10
 }
 
+# cpu_us TICKS COUNT -> CPU microseconds per message (NA when unmeasured)
+cpu_us() { awk -v t="$1" -v hz="$CLK_TCK" -v n="$2" 'BEGIN { if (t == "NA" || n + 0 == 0) print "NA"; else printf "%.0f\n", t / hz * 1e6 / n }'; }
+
 # ---------------------------------------------------------------- one case
 run_case() {
     local size=$1 sess=$2 count name notes=() check
     local d_rate=NA t_rate=NA p_rate=NA t_acc=NA p_acc=NA t_conns=NA p_conns=NA t_mib=NA t_anon=NA
+    local t_ticks=NA p_ticks=NA
     count=$(lt_count_for "$size")
     name="$(lt_size_name "$size") s=$sess"
     local cdir=$WORK/case-$size-$sess
@@ -228,6 +238,7 @@ run_case() {
         lt_tern_start "$tdir" "$TERN_PORT" "$TERN_METRICS_PORT" "$TERN_IO" "$TERN_WORKERS" "$TERN_RELAY"
         b=$tdir/metrics-before.txt a=$tdir/metrics-after.txt
         lt_scrape "127.0.0.1:$TERN_METRICS_PORT" >"$b"
+        t_ticks=$(lt_family_cpu_ticks "$TERN_PID")
         relay_run "$name" tern "$TERN_PORT" "$size" "$count" "$sess" "$cdir" "$TERN_PID" stop_tern_measured
         t_rate=$RR_RATE t_acc=$RR_ACC t_conns=$RR_CONNS
         notes+=("${RR_NOTES[@]}")
@@ -250,6 +261,7 @@ run_case() {
         lt_require_free_ports "$PF_PORT"
         pf_start "$PF_PORT"
         sent0=$(pf_sent_total)
+        p_ticks=$(lt_family_cpu_ticks "$(pf_master_pid)")
         relay_run "$name" postfix "$PF_PORT" "$size" "$count" "$sess" "$cdir" "$(pf_master_pid)" stop_postfix_measured
         p_rate=$RR_RATE p_acc=$RR_ACC p_conns=$RR_CONNS
         notes+=("${RR_NOTES[@]}")
@@ -265,7 +277,8 @@ run_case() {
     lt_say "$(printf "$FMT" "$name" "$d_rate" "$t_rate" "$p_rate" \
         "$(lt_div "$t_rate" "$p_rate" %.2f)" \
         "$(lt_div "$(lt_div "$t_rate" 0.01 %.4f)" "$d_rate" %.0f%%)" \
-        "$t_acc" "$p_acc" "$t_conns" "$p_conns" "$t_mib" "$t_anon" "$check")"
+        "$t_acc" "$p_acc" "$t_conns" "$p_conns" \
+        "$(cpu_us "$t_ticks" "$count")" "$(cpu_us "$p_ticks" "$count")" "$t_mib" "$t_anon" "$check")"
 }
 
 CHECK_FAILED=0
