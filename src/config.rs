@@ -294,6 +294,10 @@ pub struct RelaySection {
     /// Domains tern accepts from anyone and relays onward (backup MX).
     /// A leading dot (".example.org") means every subdomain.
     pub relay_domains: Vec<String>,
+    /// The user (of the users file) whose INBOX gets mail for postmaster at
+    /// every local domain and for the domainless `<Postmaster>`, unless a
+    /// user owns that address itself (RFC 5321 4.5.1). Unset = refused.
+    pub postmaster: Option<String>,
     /// Keep every accepted message queued until `tern queue release`.
     pub hold: bool,
     /// Next hop for all mail that has no static route: "host", "host:port",
@@ -543,6 +547,7 @@ impl Default for RelaySection {
             ],
             local_domains: vec!["localhost".to_string()],
             relay_domains: Vec::new(),
+            postmaster: None,
             hold: false,
             smarthost: None,
             remote_port: 25,
@@ -864,6 +869,14 @@ impl Config {
             message,
         };
         let relay = &self.relay;
+        if let Some(name) = &relay.postmaster {
+            crate::users::check_name(name).map_err(|e| {
+                invalid(
+                    "[relay] postmaster",
+                    format!("{name:?} is not a user name: {e}"),
+                )
+            })?;
+        }
         if let Some(smarthost) = &relay.smarthost {
             NextHop::parse(smarthost, relay.remote_port)
                 .map_err(|e| invalid("[relay] smarthost", e.to_string()))?;
@@ -1339,6 +1352,11 @@ mod tests {
                 "[relay] max_retry",
             ),
             ("[relay]\nlifetime = \"0s\"\n", "[relay] lifetime"),
+            (
+                "[relay]\npostmaster = \"post master\"\n",
+                "[relay] postmaster",
+            ),
+            ("[relay]\npostmaster = \"\"\n", "[relay] postmaster"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");

@@ -2,7 +2,8 @@
 //! domain, the message filed in the user's INBOX (the spool keeps the
 //! record), then read and deleted over POP3. Deletions happen only at
 //! QUIT, a session cut before QUIT deletes nothing, UIDLs survive a
-//! restart, and a deleted message lets its spool record go.
+//! restart, and a deleted message lets its spool record go. Mail for
+//! postmaster reaches the `[relay] postmaster` user (RFC 5321 4.5.1).
 //!
 //! Everything stays on 127.0.0.1; every read has a timeout.
 
@@ -12,7 +13,8 @@ use std::time::Duration;
 
 use common::pop3::Pop3;
 use common::sink::wait_for;
-use common::{local_mail_config, send_to_alice, wait_filed, ALICE_PASSWORD};
+use common::{data_frame, local_mail_config, send_to_alice, wait_filed, RawClient, ALICE_PASSWORD};
+use tern::config::Source;
 use tern::runtime::{self, ServerHandle};
 
 #[test]
@@ -98,6 +100,55 @@ fn wrong_password_and_unknown_user_are_refused() {
     assert!(pop
         .cmd(&format!("PASS {ALICE_PASSWORD}"))
         .starts_with("-ERR [AUTH]"));
+    server.shutdown();
+}
+
+#[test]
+fn postmaster_mail_goes_to_the_named_user_until_a_reload_unsets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = local_mail_config(dir.path());
+    config.relay.postmaster = Some("alice".into());
+    let mut server = runtime::start(&config).unwrap();
+    let smtp = server.smtp_addrs[0];
+    // RFC 5321 4.5.1: the domainless form and postmaster at a local
+    // domain, in any case.
+    for recipient in ["<Postmaster>", "<POSTMASTER@Local.Test>"] {
+        let (mut c, _) = RawClient::connect(smtp).unwrap();
+        c.cmd("EHLO client.test").unwrap();
+        assert_eq!(c.cmd("MAIL FROM:<bob@example.org>").unwrap().code, 250);
+        let reply = c.cmd(&format!("RCPT TO:{recipient}")).unwrap();
+        assert_eq!(reply.code, 250, "{recipient}: {reply:?}");
+        assert_eq!(c.cmd("DATA").unwrap().code, 354);
+        c.send(&data_frame(
+            format!("Subject: to {recipient}\r\n\r\nhello\r\n").as_bytes(),
+        ))
+        .unwrap();
+        assert_eq!(c.read_reply().unwrap().code, 250);
+        c.cmd("QUIT").unwrap();
+    }
+    wait_filed(&server.spool, 2);
+    let mut pop = Pop3::login(server.pop3_addrs[0]);
+    assert!(pop.cmd("STAT").starts_with("+OK 2 "));
+    let first = pop.multi("TOP 1 0");
+    assert!(
+        first.contains(&"Subject: to <Postmaster>".to_string()),
+        "{first:?}"
+    );
+    pop.cmd("QUIT");
+
+    // Unset by a reload: refused at RCPT, so no bounce is ever owed.
+    config.relay.postmaster = None;
+    let report = server.reload(&config, &Source::Embedded).unwrap();
+    assert_eq!(report.applied, ["[relay] postmaster"]);
+    let (mut c, _) = RawClient::connect(smtp).unwrap();
+    c.cmd("EHLO client.test").unwrap();
+    assert_eq!(c.cmd("MAIL FROM:<bob@example.org>").unwrap().code, 250);
+    for recipient in ["<Postmaster>", "<postmaster@local.test>"] {
+        let reply = c.cmd(&format!("RCPT TO:{recipient}")).unwrap();
+        assert_eq!(reply.code, 550, "{recipient}: {reply:?}");
+        assert!(reply.lines[0].starts_with("550 5.1.1 "), "{reply:?}");
+    }
+    c.cmd("QUIT").unwrap();
     server.shutdown();
 }
 

@@ -23,6 +23,7 @@ use super::connection::{Connector, OpenError, OutboundConnection};
 use super::dns::{MxResolver, RouteError};
 use super::next_hop::{HopHost, NextHop};
 use super::pool::{Acquired, ConnectionPool, PoolKey, Pooled};
+use super::recipient_check::local_owner;
 use super::routing::{Hop, RouteTable};
 use crate::clock::now_ms;
 use crate::config::OutboundTls;
@@ -333,9 +334,8 @@ impl<C: Connector + 'static> Relay<C> {
             return temporary(format!("recipient {index} out of range"));
         };
         // The user may have been removed since RCPT was accepted.
-        // Mail a client uploaded is addressed to the user's name when the
-        // user has no address.
-        let Some(user) = self.settings.users.find_login(&recipient.address) else {
+        let routes = Rc::clone(&self.settings.routes.borrow());
+        let Some(user) = local_owner(&self.settings.users, &routes, &recipient.address) else {
             return AttemptOutcome::Permanent {
                 reply: ReceivedReply::local(
                     550,

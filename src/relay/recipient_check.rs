@@ -14,7 +14,7 @@ use std::rc::Rc;
 use super::dns::{MxResolver, RouteError};
 use super::routing::{Hop, RouteTable};
 use crate::smtp::{EnhancedStatus, RecipientHook, Reply};
-use crate::users::UsersHandle;
+use crate::users::{User, UsersHandle};
 
 /// RFC 7505 3.2 with RFC 7504: the domain accepts no mail.
 const NULL_MX_STATUS: EnhancedStatus = EnhancedStatus::new(5, 1, 10);
@@ -40,7 +40,7 @@ impl RecipientCheck {
 impl RecipientHook for RecipientCheck {
     fn check_recipient(&self, address: &str, domain: &str) -> Option<Reply> {
         match self.routes.hop_for(address) {
-            Hop::Local if self.users.find_by_address(address).is_none() => Some(Reply::new(
+            Hop::Local if local_owner(&self.users, &self.routes, address).is_none() => Some(Reply::new(
                 550,
                 UNKNOWN_USER_STATUS,
                 format!("<{address}>: Recipient address rejected: User unknown in local recipient table"),
@@ -49,6 +49,16 @@ impl RecipientHook for RecipientCheck {
             Hop::Local | Hop::Static { .. } => None,
         }
     }
+}
+
+/// The user whose INBOX gets mail for `recipient`, a local address: the
+/// user it names (an address, or the login of mail a client uploaded),
+/// else for postmaster the `[relay] postmaster` user. RCPT and delivery
+/// both ask this, so what RCPT accepts is what delivery files.
+pub fn local_owner(users: &UsersHandle, routes: &RouteTable, recipient: &str) -> Option<User> {
+    users
+        .find_login(recipient)
+        .or_else(|| users.find(routes.postmaster_for(recipient)?))
 }
 
 impl RecipientCheck {

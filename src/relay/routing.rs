@@ -33,6 +33,7 @@ struct Route {
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     local_domains: Vec<DomainPattern>,
+    postmaster: Option<String>,
     routes: Vec<Route>,
     smarthost: Option<NextHop>,
     remote_port: u16,
@@ -67,6 +68,7 @@ impl RouteTable {
                 .iter()
                 .map(|d| DomainPattern::parse(d))
                 .collect(),
+            postmaster: relay.postmaster.clone(),
             routes,
             smarthost,
             remote_port: relay.remote_port,
@@ -98,6 +100,21 @@ impl RouteTable {
                 port: self.remote_port,
                 tls: self.tls,
             },
+        }
+    }
+
+    /// The user `[relay] postmaster` names when `recipient` is postmaster
+    /// (any case) at a local domain or without a domain: RFC 5321 4.5.1
+    /// makes that mailbox mandatory. Only a fallback: a user who owns the
+    /// address itself gets the mail.
+    pub fn postmaster_for(&self, recipient: &str) -> Option<&str> {
+        let local_part = recipient
+            .rsplit_once('@')
+            .map_or(recipient, |(local_part, _)| local_part);
+        if local_part.eq_ignore_ascii_case("postmaster") && self.hop_for(recipient) == Hop::Local {
+            self.postmaster.as_deref()
+        } else {
+            None
         }
     }
 
@@ -134,6 +151,35 @@ mod tests {
             }
         );
         assert!(t.uses_mx("u@example.com"));
+    }
+
+    #[test]
+    fn postmaster_of_local_domains_and_the_domainless_one_go_to_the_named_user() {
+        let t = table(|r| {
+            r.local_domains = vec!["local.test".into(), ".sub.test".into()];
+            r.postmaster = Some("admin".into());
+        });
+        for recipient in [
+            "Postmaster",
+            "postmaster",
+            "postmaster@local.test",
+            "POSTMASTER@Local.Test.",
+            "postmaster@a.sub.test",
+        ] {
+            assert_eq!(t.postmaster_for(recipient), Some("admin"), "{recipient}");
+        }
+        for recipient in [
+            "postmaster@remote.example",
+            "webmaster@local.test",
+            "postmaster2@local.test",
+            "\"postmaster\"@remote.example",
+            "abuse",
+        ] {
+            assert_eq!(t.postmaster_for(recipient), None, "{recipient}");
+        }
+        let unset = table(|r| r.local_domains = vec!["local.test".into()]);
+        assert_eq!(unset.postmaster_for("postmaster@local.test"), None);
+        assert_eq!(unset.postmaster_for("Postmaster"), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Config, IoMode, Source};
+use crate::config::{Config, IoMode, RelaySection, Source};
 use crate::mailauth::{DkimSigners, InboundAuth, InboundSettings, RejectPolicy};
 use crate::mailbox::MailboxStore;
 use crate::queue::hold::HoldList;
@@ -183,6 +183,8 @@ pub struct ServerHandle {
     /// Whether `verify` trust anchors were loaded at start.
     verify_loaded: bool,
     compactor: Option<JoinHandle<()>>,
+    /// The users every core sees, for checks on reload.
+    users: UsersHandle,
 }
 
 impl ServerHandle {
@@ -215,6 +217,7 @@ impl ServerHandle {
                 return Err(ReloadError::Core(core));
             }
         }
+        warn_if_postmaster_refused(&merged.config.relay, &self.users);
         self.config = merged.config;
         Ok(ReloadReport {
             applied: merged.applied,
@@ -458,6 +461,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         config: config.clone(),
         verify_loaded: relay_parts.tls_verified.is_some(),
         compactor: None,
+        users: relay_parts.users.clone(),
     };
     for core in 0..cores {
         match ready_rx.recv() {
@@ -507,6 +511,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             return Err(StartError::Compactor(source));
         }
     }
+    warn_if_postmaster_refused(&config.relay, &relay_parts.users);
     info!(
         cores,
         io = driver.name(),
@@ -522,6 +527,25 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         "tern accepting"
     );
     Ok(handle)
+}
+
+/// RFC 5321 4.5.1 requires accepting mail for postmaster at every local
+/// domain; says so when tern would refuse it. Not an error: the users file
+/// can gain the user later without a restart.
+fn warn_if_postmaster_refused(relay: &RelaySection, users: &UsersHandle) {
+    match &relay.postmaster {
+        None => warn!(
+            "[relay] postmaster is not set: mail to postmaster at the local domains gets \
+             550 5.1.1 unless a user owns that address (RFC 5321 4.5.1 requires accepting it)"
+        ),
+        Some(name) if users.find(name).is_none() => warn!(
+            postmaster = %name,
+            users_file = %users.path().display(),
+            "[relay] postmaster names no user of the users file: mail to postmaster gets \
+             550 5.1.1 until that user exists"
+        ),
+        Some(_) => {}
+    }
 }
 
 /// The relay settings every core shares, checked once at start.

@@ -30,7 +30,7 @@ use super::StartError;
 /// Settings a reload replaces ("[section] key", a whole table for routes;
 /// `[log] level` is applied by the binary, which owns the logger). Any
 /// other change is logged as needing a restart.
-pub const LIVE_KEYS: [&str; 21] = [
+pub const LIVE_KEYS: [&str; 22] = [
     "[tls] cert",
     "[tls] key",
     "[smtp] max_message_size",
@@ -41,6 +41,7 @@ pub const LIVE_KEYS: [&str; 21] = [
     "[relay] mynetworks",
     "[relay] local_domains",
     "[relay] relay_domains",
+    "[relay] postmaster",
     "[relay] smarthost",
     "[relay] remote_port",
     "[relay] first_retry",

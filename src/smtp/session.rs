@@ -86,7 +86,8 @@ pub struct SessionConfig {
 /// before the 250. Must answer at once from memory (it may start background
 /// work, e.g. a DNS prefetch): the session stays sans-IO and never waits.
 pub trait RecipientHook {
-    /// `domain` is the domain part as received (may be an address literal); `None` accepts.
+    /// `domain` is the domain part as received (may be an address literal;
+    /// empty for the domainless `<Postmaster>`); `None` accepts.
     fn check_recipient(&self, address: &str, domain: &str) -> Option<Reply>;
 }
 
@@ -97,11 +98,12 @@ struct HookSlot(Option<Rc<dyn RecipientHook>>);
 
 impl HookSlot {
     /// The hook's reply refusing `recipient`, if there is a hook and it
-    /// refuses. The domainless `<Postmaster>` (RFC 5321 4.5.1) has no
-    /// domain to judge and never reaches the hook.
+    /// refuses. The domainless `<Postmaster>` (RFC 5321 4.5.1) reaches it
+    /// too: accepting it without a mailbox behind it would only turn into
+    /// a bounce later.
     fn refusal(&self, recipient: &str) -> Option<Reply> {
         let hook = self.0.as_ref()?;
-        let (_, domain) = recipient.rsplit_once('@')?;
+        let domain = recipient.rsplit_once('@').map_or("", |(_, domain)| domain);
         hook.check_recipient(recipient, domain)
     }
 }
@@ -2315,9 +2317,9 @@ mod tests {
             .map(|r| r.address.as_str())
             .collect();
         assert_eq!(addresses, ["b@d.example", "Postmaster", "e@d.example"]);
-        // The domainless Postmaster never reaches the hook.
-        assert_eq!(seen.len(), 4);
-        assert!(seen.iter().all(|(address, _)| address != "Postmaster"));
+        // The domainless Postmaster reaches the hook with an empty domain.
+        assert_eq!(seen.len(), 5);
+        assert_eq!(seen[3], ("Postmaster".to_owned(), String::new()));
     }
 
     #[test]

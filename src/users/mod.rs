@@ -30,7 +30,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use address::{fold, AddressError, NameError};
+pub use address::{check_name, fold, AddressError, NameError};
 pub use handle::UsersHandle;
 pub use password::{return_check_memory_to_the_system, HashError, PasswordError};
 
