@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tern::config::{Config, LogFormat, Source};
 use tern::runtime::admin::{send_command, AdminCommand};
+use tern::runtime::reload::{record_reload_applied, record_reload_failed};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -252,12 +253,14 @@ fn reload(
     let (config, source) = match load(path) {
         Ok(loaded) => loaded,
         Err(e) => {
+            record_reload_failed();
             tracing::error!(error = %format!("{e:#}"), "configuration reload failed; the running configuration stays in force");
             return;
         }
     };
     match server.reload(&config, &source) {
         Ok(report) => {
+            record_reload_applied(report.restart_needed.len());
             if report.applied.iter().any(|k| k == "[log] level") {
                 match rust_log() {
                     Some(_) => tracing::warn!("[log] level changed, but RUST_LOG sets the filter"),
@@ -282,6 +285,7 @@ fn reload(
             );
         }
         Err(e) => {
+            record_reload_failed();
             tracing::error!(config = %source, error = %e, "configuration reload failed; the running configuration stays in force")
         }
     }

@@ -8,11 +8,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::dns_zone::{a, mx, soa, ZoneThread};
 use common::sink::{wait_for, Sink, SinkConfig};
-use common::{data_frame, spawn_tern, RawClient};
+use common::{data_frame, signal, spawn_tern, RawClient};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -154,25 +155,53 @@ fn metrics_move_and_dashboard_names_exist() {
     }
 }
 
+/// Grafana draws what the file says: no two panels overlap, and each
+/// panel sits below its own row header and above the next one.
+#[test]
+fn dashboard_panels_sit_under_their_rows_without_overlap() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../dashboards/tern.json")).unwrap();
+    let grid = |panel: &serde_json::Value| {
+        let at = |key: &str| panel["gridPos"][key].as_u64().unwrap();
+        (at("x"), at("y"), at("w"), at("h"))
+    };
+    let panels = dashboard["panels"].as_array().unwrap();
+    for (i, a) in panels.iter().enumerate() {
+        let (ax, ay, aw, ah) = grid(a);
+        assert!(ax + aw <= 24, "{} is wider than the grid", a["title"]);
+        for b in &panels[i + 1..] {
+            let (bx, by, bw, bh) = grid(b);
+            let apart = ax + aw <= bx || bx + bw <= ax || ay + ah <= by || by + bh <= ay;
+            assert!(apart, "{} overlaps {}", a["title"], b["title"]);
+        }
+    }
+    let mut row_y = None;
+    for (i, panel) in panels.iter().enumerate() {
+        let (_, y, _, h) = grid(panel);
+        if panel["type"] == "row" {
+            row_y = Some(y);
+            continue;
+        }
+        let row_y = row_y.expect("the first panel is a row");
+        let next_row_y = panels[i..]
+            .iter()
+            .find(|p| p["type"] == "row")
+            .map_or(u64::MAX, |row| grid(row).1);
+        assert!(
+            row_y < y && y + h <= next_row_y,
+            "{} is not inside its row",
+            panel["title"]
+        );
+    }
+}
+
 /// The queue's age gauge reports a held message as it waits, and an
 /// empty queue as 0.
 #[test]
 fn queue_age_reports_the_oldest_waiting_message() {
     let dir = tempfile::tempdir().unwrap();
     let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = dir.path().join("t.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nworkers = 1\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\n\
-             [spool]\ndir = \"{}\"\nsegment_size = \"32MiB\"\n[relay]\nhold = true\n\
-             [pop3]\nlisten = []\n[imap]\nlisten = []\n[users]\nfile = \"{}\"\n\
-             [metrics]\nlisten = \"{metrics_addr}\"\n",
-            dir.path().join("spool").display(),
-            dir.path().join("users.toml").display()
-        ),
-    )
-    .unwrap();
+    let config = one_core_config(dir.path(), metrics_addr, "hold = true\n");
     let (_server, smtp) = spawn_tern(&config);
     let age = || {
         value(
@@ -195,4 +224,74 @@ fn queue_age_reports_the_oldest_waiting_message() {
         wait_for(Duration::from_secs(30), || age() > 0.0),
         "the held message's age never showed"
     );
+}
+
+/// SIGHUP outcomes as an operator alerts on them: reloads counted by
+/// result, the last one's success, and settings waiting for a restart.
+#[test]
+fn reloads_are_counted_and_a_failed_one_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = one_core_config(dir.path(), metrics_addr, "hold = true\n");
+    let (server, _smtp) = spawn_tern(&config);
+    let start = scrape(metrics_addr);
+    assert_eq!(
+        value(&start, "tern_config_reloads_total{result=\"ok\"}"),
+        0.0
+    );
+    assert_eq!(value(&start, "tern_config_last_reload_successful"), 1.0);
+    assert!(value(&start, "tern_config_last_reload_success_timestamp_seconds") > 1.7e9);
+
+    // One live change and one that needs a restart.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("hold = true", "hold = false")
+            .replace("workers = 1", "workers = 2"),
+    )
+    .unwrap();
+    signal(&server, libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(20), || {
+        value(
+            &scrape(metrics_addr),
+            "tern_config_reloads_total{result=\"ok\"}",
+        ) == 1.0
+    }));
+    let applied = scrape(metrics_addr);
+    assert_eq!(value(&applied, "tern_config_restart_pending_settings"), 1.0);
+    assert_eq!(value(&applied, "tern_config_last_reload_successful"), 1.0);
+
+    std::fs::write(&config, "[smtp\nlisten = ").unwrap();
+    signal(&server, libc::SIGHUP);
+    assert!(wait_for(Duration::from_secs(20), || {
+        value(
+            &scrape(metrics_addr),
+            "tern_config_reloads_total{result=\"error\"}",
+        ) == 1.0
+    }));
+    let failed = scrape(metrics_addr);
+    assert_eq!(value(&failed, "tern_config_last_reload_successful"), 0.0);
+    assert_eq!(
+        value(&failed, "tern_config_reloads_total{result=\"ok\"}"),
+        1.0
+    );
+}
+
+/// One core, SMTP on an ephemeral port, no retrieval listeners, metrics on
+/// `metrics_addr`; `relay` goes into the `[relay]` table.
+fn one_core_config(dir: &Path, metrics_addr: SocketAddr, relay: &str) -> PathBuf {
+    let config = dir.join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nworkers = 1\n[smtp]\nlisten = [\"127.0.0.1:0\"]\nsubmission = []\n\
+             [spool]\ndir = \"{}\"\nsegment_size = \"32MiB\"\n[relay]\n{relay}\
+             [pop3]\nlisten = []\n[imap]\nlisten = []\n[users]\nfile = \"{}\"\n\
+             [metrics]\nlisten = \"{metrics_addr}\"\n",
+            dir.join("spool").display(),
+            dir.join("users.toml").display()
+        ),
+    )
+    .unwrap();
+    config
 }

@@ -342,6 +342,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
     register_refusal_metrics(&kinds);
     crate::limits::register_metrics();
     crate::mailbox::register_metrics();
+    reload::register_metrics();
     let submission_addrs = addrs_of(&bound, ListenerKind::Submission);
     let submission_tls_addrs = addrs_of(&bound, ListenerKind::SubmissionTls);
     let pop3_addrs = addrs_of(&bound, ListenerKind::Pop3);

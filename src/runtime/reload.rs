@@ -247,6 +247,38 @@ pub fn is_live(key: &str) -> bool {
     LIVE_KEYS.contains(&key)
 }
 
+/// The reload series at start-up: the configuration in force loaded fine
+/// now, nothing waits for a restart (named like Prometheus's own
+/// `prometheus_config_last_reload_*`, so the usual alerts carry over).
+pub fn register_metrics() {
+    for result in ["ok", "error"] {
+        metrics::counter!("tern_config_reloads_total", "result" => result).increment(0);
+    }
+    metrics::gauge!("tern_config_last_reload_successful").set(1.0);
+    metrics::gauge!("tern_config_last_reload_success_timestamp_seconds").set(unix_seconds());
+    metrics::gauge!("tern_config_restart_pending_settings").set(0.0);
+}
+
+/// Records a reload that took effect; `restart_pending` changed settings
+/// wait for a restart.
+pub fn record_reload_applied(restart_pending: usize) {
+    metrics::counter!("tern_config_reloads_total", "result" => "ok").increment(1);
+    metrics::gauge!("tern_config_last_reload_successful").set(1.0);
+    metrics::gauge!("tern_config_last_reload_success_timestamp_seconds").set(unix_seconds());
+    metrics::gauge!("tern_config_restart_pending_settings").set(restart_pending as f64);
+}
+
+/// Records a reload refused (the file, or a setting in it, did not load):
+/// the configuration in force stays.
+pub fn record_reload_failed() {
+    metrics::counter!("tern_config_reloads_total", "result" => "error").increment(1);
+    metrics::gauge!("tern_config_last_reload_successful").set(0.0);
+}
+
+fn unix_seconds() -> f64 {
+    crate::clock::now_ms() as f64 / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
