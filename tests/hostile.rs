@@ -4,6 +4,7 @@
 //! pipelining and BDAT, plaintext injected after STARTTLS, malformed bytes,
 //! a 4 GiB IMAP literal announced, and the open-relay tricks from a client
 //! outside mynetworks. Each gets a clear answer and the server stays up.
+//! Limits changed by a reload apply to the next connection.
 //! docs/SECURITY.md lists these cases and the answers asserted here.
 
 mod common;
@@ -144,6 +145,60 @@ fn per_ip_cap_refuses_every_protocol_while_other_addresses_connect() {
     });
     assert!(admitted, "the stranger's place was not given back");
     drop(trusted);
+    server.shutdown();
+}
+
+#[test]
+fn reloaded_limits_refuse_new_connections_and_cut_no_open_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = hostile_config(dir.path());
+    config.limits.max_connection_rate_per_ip = 0;
+    let mut server = start(&config);
+    let smtp = server.smtp_addrs[0];
+    let mut open: Vec<RawClient> = (0..2)
+        .map(|_| RawClient::connect_from(STRANGER, smtp).unwrap().0)
+        .collect();
+
+    config.limits.max_connections_per_ip = 1;
+    config.limits.mynetworks_exempt = false;
+    let report = server
+        .reload(&config, &tern::config::Source::Embedded)
+        .unwrap();
+    assert_eq!(
+        report.applied,
+        [
+            "[limits] max_connections_per_ip",
+            "[limits] mynetworks_exempt"
+        ]
+    );
+    assert!(report.restart_needed.is_empty(), "{report:?}");
+    for client in &mut open {
+        assert_eq!(
+            client.cmd("NOOP").unwrap().code,
+            250,
+            "an open session goes on"
+        );
+    }
+    let (mut refused, reply) = RawClient::connect_from(STRANGER, smtp).unwrap();
+    assert_eq!(
+        reply.text(),
+        "421 4.7.0 tern.test Too many connections from your address"
+    );
+    assert!(refused.is_closed());
+    // Trusted loopback is no longer exempt: its second connection is refused.
+    let (_trusted, greeting) = RawClient::connect_from(TRUSTED, smtp).unwrap();
+    assert_eq!(greeting.code, 220);
+    let (_, reply) = RawClient::connect_from(TRUSTED, smtp).unwrap();
+    assert_eq!(reply.code, 421, "{reply:?}");
+    // The stranger gets its place back only when under the new cap.
+    open.pop().unwrap().cmd("QUIT").unwrap();
+    let (_, reply) = RawClient::connect_from(STRANGER, smtp).unwrap();
+    assert_eq!(reply.code, 421, "still one open: {reply:?}");
+    open.pop().unwrap().cmd("QUIT").unwrap();
+    let admitted = common::sink::wait_for(Duration::from_secs(10), || {
+        RawClient::connect_from(STRANGER, smtp).is_ok_and(|(_, greeting)| greeting.code == 220)
+    });
+    assert!(admitted, "the stranger's place was not given back");
     server.shutdown();
 }
 

@@ -55,6 +55,29 @@ pub struct AdmissionConfig {
     pub exempt: Vec<IpNet>,
 }
 
+impl AdmissionConfig {
+    /// The `[limits]` of `config`: the per-client limits exempt `[relay]
+    /// mynetworks` when `mynetworks_exempt` is on.
+    pub fn of(config: &crate::config::Config) -> AdmissionConfig {
+        let limits = &config.limits;
+        AdmissionConfig {
+            max_connections: limits.max_connections,
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_connection_rate_per_ip: limits.max_connection_rate_per_ip,
+            exempt: if limits.mynetworks_exempt {
+                config.relay.mynetworks.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn exempts(&self, ip: IpAddr) -> bool {
+        let ip = unmapped(ip);
+        self.exempt.iter().any(|net| net.contains(&ip))
+    }
+}
+
 /// Why a connection was refused; also the `reason` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -177,9 +200,11 @@ struct Shard {
 }
 
 /// The shared admission state. One per server, behind an `Arc`.
+/// The counters behind the limits. The limits themselves come with each
+/// call (`admit`), from the core's live settings, so a reload changes
+/// them without touching anything shared.
 #[derive(Debug)]
 pub struct Admission {
-    config: AdmissionConfig,
     open: AtomicUsize,
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
@@ -209,7 +234,7 @@ impl Drop for Permit {
 }
 
 impl Admission {
-    pub fn new(config: AdmissionConfig, now: Instant) -> Arc<Admission> {
+    pub fn new(now: Instant) -> Arc<Admission> {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
@@ -219,7 +244,6 @@ impl Admission {
             })
             .collect();
         Arc::new(Admission {
-            config,
             open: AtomicUsize::new(0),
             hasher: RandomState::new(),
             shards,
@@ -241,18 +265,20 @@ impl Admission {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn exempt(&self, ip: IpAddr) -> bool {
-        let ip = unmapped(ip);
-        self.config.exempt.iter().any(|net| net.contains(&ip))
-    }
-
-    /// Admit a connection from `ip` at `now`, or say why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<Permit, Refusal> {
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.config.max_connections {
+    /// Admit a connection from `ip` at `now` under `limits`, or say why
+    /// not. Lowered limits refuse new connections until enough of the
+    /// open ones end; none is cut.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        now: Instant,
+        limits: &AdmissionConfig,
+    ) -> Result<Permit, Refusal> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return Err(Refusal::ServerFull);
         }
-        if self.exempt(ip) {
+        if limits.exempts(ip) {
             return Ok(Permit {
                 admission: Arc::clone(self),
                 client: None,
@@ -261,11 +287,11 @@ impl Admission {
         let key = ClientKey::of(ip);
         let refusal = {
             let mut shard = self.shard(key);
-            let rate_limit = u64::from(self.config.max_connection_rate_per_ip);
+            let rate_limit = u64::from(limits.max_connection_rate_per_ip);
             let open = shard.open.get(&key).copied().unwrap_or(0);
             if rate_limit > 0 && shard.rate.record(key, now) > rate_limit {
                 Some(Refusal::ClientRate)
-            } else if open >= self.config.max_connections_per_ip {
+            } else if open >= limits.max_connections_per_ip {
                 Some(Refusal::ClientConnections)
             } else {
                 shard.open.insert(key, open + 1);
@@ -314,10 +340,78 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// The shared counters with the limits one core holds between reloads.
+    struct Limited {
+        admission: Arc<Admission>,
+        limits: AdmissionConfig,
+    }
+
+    impl Limited {
+        fn new(limits: AdmissionConfig, now: Instant) -> Limited {
+            Limited {
+                admission: Admission::new(now),
+                limits,
+            }
+        }
+
+        fn admit(&self, ip: IpAddr, now: Instant) -> Result<Permit, Refusal> {
+            self.admission.admit(ip, now, &self.limits)
+        }
+    }
+
+    impl std::ops::Deref for Limited {
+        type Target = Admission;
+
+        fn deref(&self) -> &Admission {
+            &self.admission
+        }
+    }
+
+    #[test]
+    fn changed_limits_apply_to_the_next_connection_and_cut_none() {
+        let now = Instant::now();
+        let admission = Admission::new(now);
+        let loose = config();
+        let held: Vec<Permit> = (0..2)
+            .map(|_| admission.admit(ip("192.0.2.1"), now, &loose).unwrap())
+            .collect();
+        let exempt: Vec<Permit> = (0..3)
+            .map(|_| admission.admit(ip("127.0.0.1"), now, &loose).unwrap())
+            .collect();
+        // A reload lowers the caps and ends the exemption.
+        let tight = AdmissionConfig {
+            max_connections: 7,
+            max_connections_per_ip: 1,
+            exempt: Vec::new(),
+            ..config()
+        };
+        assert_eq!(
+            admission.admit(ip("192.0.2.1"), now, &tight).unwrap_err(),
+            Refusal::ClientConnections
+        );
+        let first = admission.admit(ip("127.0.0.1"), now, &tight).unwrap();
+        assert_eq!(
+            admission.admit(ip("127.0.0.1"), now, &tight).unwrap_err(),
+            Refusal::ClientConnections
+        );
+        let last = admission.admit(ip("192.0.2.7"), now, &tight).unwrap();
+        assert_eq!(
+            admission.admit(ip("192.0.2.8"), now, &tight).unwrap_err(),
+            Refusal::ServerFull
+        );
+        assert_eq!(admission.open(), 7, "nothing open was cut");
+        // Connections admitted under the old limits give their places back.
+        drop(held);
+        drop(exempt);
+        drop((first, last));
+        assert_eq!(admission.open(), 0);
+        let _again = admission.admit(ip("192.0.2.1"), now, &tight).unwrap();
+    }
+
     #[test]
     fn per_client_cap_leaves_other_clients_alone() {
         let now = Instant::now();
-        let a = Admission::new(config(), now);
+        let a = Limited::new(config(), now);
         let first = a.admit(ip("192.0.2.1"), now).unwrap();
         let _second = a.admit(ip("192.0.2.1"), now).unwrap();
         assert_eq!(
@@ -334,7 +428,7 @@ mod tests {
     #[test]
     fn global_cap_counts_exempt_clients_too() {
         let now = Instant::now();
-        let a = Admission::new(config(), now);
+        let a = Limited::new(config(), now);
         let permits: Vec<Permit> = (0..10)
             .map(|_| a.admit(ip("127.0.0.1"), now).unwrap())
             .collect();
@@ -354,7 +448,7 @@ mod tests {
     #[test]
     fn refused_connections_give_back_their_place() {
         let now = Instant::now();
-        let a = Admission::new(config(), now);
+        let a = Limited::new(config(), now);
         let _p: Vec<Permit> = (0..2)
             .map(|_| a.admit(ip("192.0.2.1"), now).unwrap())
             .collect();
@@ -367,7 +461,7 @@ mod tests {
     #[test]
     fn ipv6_clients_count_per_slash_64_and_mapped_ipv4_as_ipv4() {
         let now = Instant::now();
-        let a = Admission::new(config(), now);
+        let a = Limited::new(config(), now);
         let _p1 = a.admit(ip("2001:db8:1:2::1"), now).unwrap();
         let _p2 = a.admit(ip("2001:db8:1:2:ffff::9"), now).unwrap();
         assert_eq!(
@@ -391,7 +485,7 @@ mod tests {
     #[test]
     fn rate_limit_slides_over_a_minute() {
         let start = Instant::now();
-        let a = Admission::new(
+        let a = Limited::new(
             AdmissionConfig {
                 max_connection_rate_per_ip: 3,
                 ..config()
@@ -422,7 +516,7 @@ mod tests {
     #[test]
     fn rate_tables_stay_bounded_under_a_flood_of_addresses() {
         let start = Instant::now();
-        let a = Admission::new(
+        let a = Limited::new(
             AdmissionConfig {
                 max_connections: usize::MAX,
                 max_connection_rate_per_ip: 1,
@@ -449,7 +543,7 @@ mod tests {
     #[test]
     fn exempt_clients_skip_the_per_client_limits() {
         let now = Instant::now();
-        let a = Admission::new(
+        let a = Limited::new(
             AdmissionConfig {
                 max_connection_rate_per_ip: 1,
                 ..config()

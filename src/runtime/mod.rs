@@ -48,7 +48,7 @@ use crate::spool::SpoolWriter;
 use crate::spool::{QueueId, RecipientState, Spool, SpoolConfig, SpoolError};
 use crate::users::UsersHandle;
 use admin::{AdminRequest, AdminSocket, CoreOrder};
-use admission::{Admission, AdmissionConfig, Permit, Refusal};
+use admission::{Admission, Permit, Refusal};
 use auth_throttle::AuthThrottle;
 use imap_backend::ImapStores;
 use imap_conn::ImapContext;
@@ -287,20 +287,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
         );
     }
     let live = Arc::new(LiveSettings::from_config(config)?);
-    let limits = &config.limits;
-    let admission = Admission::new(
-        AdmissionConfig {
-            max_connections: limits.max_connections,
-            max_connections_per_ip: limits.max_connections_per_ip,
-            max_connection_rate_per_ip: limits.max_connection_rate_per_ip,
-            exempt: if limits.mynetworks_exempt {
-                config.relay.mynetworks.clone()
-            } else {
-                Vec::new()
-            },
-        },
-        Instant::now(),
-    );
+    let admission = Admission::new(Instant::now());
     let mut bound: Vec<BoundAddress> = Vec::new();
     for (key, kind, addrs) in [
         ("[smtp] listen", ListenerKind::Smtp, &config.smtp.listen),
@@ -733,6 +720,7 @@ impl CoreParts {
             core: self.core,
             session_config: Arc::clone(&live.session_config),
             submission_config: Arc::clone(&live.submission_config),
+            admission: Arc::clone(&live.admission),
             users: self.users.clone(),
             auth_throttle: Rc::clone(&self.auth_throttle),
             tls: live.tls.clone(),
@@ -1086,7 +1074,12 @@ async fn accept_loop<A: Acceptor + 'static>(
         match accepted {
             Ok((stream, peer)) => {
                 metrics::counter!("tern_connections_total", "listener" => label).increment(1);
-                let permit: Permit = match admission.admit(peer.ip(), Instant::now()) {
+                let ctx = Rc::clone(&live_ctx.borrow());
+                let permit: Permit = match admission.admit(
+                    peer.ip(),
+                    Instant::now(),
+                    &ctx.admission,
+                ) {
                     Ok(permit) => permit,
                     Err(refusal) => {
                         metrics::counter!(
@@ -1098,7 +1091,7 @@ async fn accept_loop<A: Acceptor + 'static>(
                         // Not info: a flood of refusals must not flood the log
                         // too (the metric counts them).
                         debug!(%peer, listener = label, reason = refusal.label(), "connection refused");
-                        let hostname = live_ctx.borrow().session_config.hostname.clone();
+                        let hostname = ctx.session_config.hostname.clone();
                         tokio::task::spawn_local(async move {
                             refuse(stream, kind, refusal, &hostname).await
                         });
@@ -1108,7 +1101,6 @@ async fn accept_loop<A: Acceptor + 'static>(
                 let gauge = metrics::gauge!("tern_connections_active", "listener" => label);
                 gauge.increment(1.0);
                 active.set(active.get() + 1);
-                let ctx = Rc::clone(&live_ctx.borrow());
                 let active = active.clone();
                 let session_shutdown = shutdown.clone();
                 tokio::task::spawn_local(async move {

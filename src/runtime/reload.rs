@@ -24,13 +24,14 @@ use crate::queue::retry::RetryPolicy;
 use crate::relay::routing::RouteTable;
 use crate::smtp::{RelayAccess, SessionConfig, SubmissionPolicy};
 
+use super::admission::AdmissionConfig;
 use super::tls;
 use super::StartError;
 
 /// Settings a reload replaces ("[section] key", a whole table for routes;
 /// `[log] level` is applied by the binary, which owns the logger). Any
 /// other change is logged as needing a restart.
-pub const LIVE_KEYS: [&str; 22] = [
+pub const LIVE_KEYS: [&str; 31] = [
     "[tls] cert",
     "[tls] key",
     "[smtp] max_message_size",
@@ -52,6 +53,15 @@ pub const LIVE_KEYS: [&str; 22] = [
     "[submission] any_sender",
     "[pop3] allow_plaintext_auth",
     "[imap] allow_plaintext_auth",
+    "[limits] max_connections",
+    "[limits] max_connections_per_ip",
+    "[limits] max_connection_rate_per_ip",
+    "[limits] mynetworks_exempt",
+    "[limits] hard_error_limit",
+    "[limits] max_messages_per_connection",
+    "[limits] data_min_rate",
+    "[limits] pop3_autologout",
+    "[limits] imap_autologout",
     "[log] level",
 ];
 
@@ -66,6 +76,7 @@ pub struct LiveSettings {
     pub routes: RouteTable,
     pub retry: RetryPolicy,
     pub hold: bool,
+    pub admission: Arc<AdmissionConfig>,
 }
 
 /// Whether a `[relay]` table asks for verified STARTTLS anywhere.
@@ -145,6 +156,7 @@ impl LiveSettings {
                 lifetime: config.relay.lifetime,
             },
             hold: config.relay.hold,
+            admission: Arc::new(AdmissionConfig::of(config)),
         })
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::admission::AdmissionConfig;
 use super::auth_throttle::AuthThrottle;
 use super::imap_conn::ImapContext;
 use super::listener::ListenerKind;
@@ -43,6 +44,8 @@ pub struct CoreContext {
     pub session_config: Arc<SessionConfig>,
     /// Sessions on submission listeners (AUTH, RFC 6409 rules).
     pub submission_config: Arc<SessionConfig>,
+    /// The `[limits]` every new connection is admitted under.
+    pub admission: Arc<AdmissionConfig>,
     /// Whom AUTH checks passwords against.
     pub users: UsersHandle,
     /// Recent AUTH failures by client network, on this core.
