@@ -5,7 +5,7 @@
 //! `Authentication-Results:` fields are read back; mail from a trusted
 //! client leaves DKIM-signed with RSA and Ed25519 keys made at test time,
 //! and the signatures the sink received are verified with mail-auth
-//! against the keys published in the zone.
+//! against the keys published in the zone. A reload changes both.
 //!
 //! Nothing here leaves 127.0.0.1, and every wait has a deadline.
 
@@ -111,13 +111,7 @@ impl Tern {
     /// `[relay]`, `rest` after it (e.g. `[mail_auth]`).
     fn start(dns: SocketAddr, sink: &Sink, relay_keys: &str, rest: &str) -> Tern {
         let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "[relay]\nhold = false\nnameservers = [\"{dns}\"]\nrelay_domains = [\"dest.test\"]\n\
-             first_retry = \"1s\"\nmax_retry = \"2s\"\n{relay_keys}\n\
-             [relay.routes]\n\"dest.test\" = \"{}\"\n{rest}\n",
-            sink.addr
-        );
-        let (config, _path) = config_file(dir.path(), &text);
+        let (config, _path) = config_file(dir.path(), &config_text(dns, sink, relay_keys, rest));
         let handle = tern::runtime::start(&config).expect("tern starts");
         let addr = handle.smtp_addrs[0];
         Tern {
@@ -125,6 +119,25 @@ impl Tern {
             addr,
             _dir: dir,
         }
+    }
+
+    /// Rewrite the config file as `start` would and reload it (SIGHUP);
+    /// returns the settings applied.
+    fn reload(
+        &mut self,
+        dns: SocketAddr,
+        sink: &Sink,
+        relay_keys: &str,
+        rest: &str,
+    ) -> Vec<String> {
+        let text = config_text(dns, sink, relay_keys, rest);
+        let (config, path) = config_file(self._dir.path(), &text);
+        let handle = self.handle.as_mut().unwrap();
+        let report = handle
+            .reload(&config, &tern::config::Source::File(path))
+            .expect("reload applies");
+        assert!(report.restart_needed.is_empty(), "{report:?}");
+        report.applied
     }
 
     /// 127.0.0.1 is outside mynetworks: its mail is checked.
@@ -136,6 +149,15 @@ impl Tern {
             &format!("[mail_auth]\n{mail_auth}"),
         )
     }
+}
+
+fn config_text(dns: SocketAddr, sink: &Sink, relay_keys: &str, rest: &str) -> String {
+    format!(
+        "[relay]\nhold = false\nnameservers = [\"{dns}\"]\nrelay_domains = [\"dest.test\"]\n\
+         first_retry = \"1s\"\nmax_retry = \"2s\"\n{relay_keys}\n\
+         [relay.routes]\n\"dest.test\" = \"{}\"\n{rest}\n",
+        sink.addr
+    )
 }
 
 impl Drop for Tern {
@@ -477,6 +499,83 @@ fn trusted_mail_leaves_signed_with_rsa_and_ed25519_and_verifies() {
     );
     let unsigned = by_sender(&messages, "alice@unsigned.test");
     assert!(fields(unsigned, "DKIM-Signature").is_empty());
+}
+
+/// `[mail_auth]` and the `[relay] mynetworks` it trusts change on reload:
+/// a refusal turned on applies to the next message, and keys added (or
+/// rotated in their files) sign the next one that leaves.
+#[test]
+fn reloaded_mail_auth_settings_and_keys_apply_to_the_next_message() {
+    let keys = Keys::generate();
+    let dns = zone(keys.records());
+    let sink = Sink::start(SinkConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa, _) = keys.write_pem(dir.path());
+    let outside = "mynetworks = [\"192.0.2.0/24\"]";
+    let mut tern = Tern::checking(dns.addr, &sink, "");
+    submit_ok(tern.addr, "a@fail.test", &message("a@fail.test", "kept"));
+    sink.wait_for_messages(1, PROMPT);
+
+    let applied = tern.reload(
+        dns.addr,
+        &sink,
+        outside,
+        "[mail_auth]\nspf_reject_fail = true",
+    );
+    assert_eq!(applied, ["[mail_auth] spf_reject_fail"]);
+    let refused = submit(tern.addr, "a@fail.test", &message("a@fail.test", "refused"));
+    assert!(
+        refused.text().starts_with("550 5.7.23 "),
+        "{}",
+        refused.text()
+    );
+
+    // 127.0.0.1 trusted again, and a signing key: its mail is signed and
+    // no longer checked.
+    let signing = format!(
+        "[mail_auth]\nspf_reject_fail = true\n[[mail_auth.signing]]\ndomain = \"signed.test\"\n\
+         selector = \"rsa\"\nkey_file = \"{rsa}\"\n"
+    );
+    let applied = tern.reload(dns.addr, &sink, "", &signing);
+    assert_eq!(applied, ["[mail_auth] signing", "[relay] mynetworks"]);
+    submit_ok(
+        tern.addr,
+        "a@fail.test",
+        &message("alice@signed.test", "signed"),
+    );
+    let messages = sink.wait_for_messages(2, PROMPT);
+    let (kept, signed) = (&messages[0], &messages[1]);
+    assert!(fields(kept, "DKIM-Signature").is_empty());
+    assert!(!fields(kept, "Authentication-Results").is_empty());
+    assert!(fields(signed, "Authentication-Results").is_empty());
+    assert_eq!(
+        verify_dkim(dns.addr, &signed.data),
+        [(DkimResult::Pass, "rsa".to_string())]
+    );
+
+    // A key file that does not load refuses the whole reload, naming it;
+    // the keys in force go on signing.
+    let missing = dir.path().join("missing.pem");
+    let broken = signing.replace(&rsa, &missing.display().to_string());
+    let (config, path) = config_file(tern._dir.path(), &config_text(dns.addr, &sink, "", &broken));
+    let error = tern
+        .handle
+        .as_mut()
+        .unwrap()
+        .reload(&config, &tern::config::Source::File(path))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("missing.pem"), "{error}");
+    submit_ok(
+        tern.addr,
+        "a@fail.test",
+        &message("alice@signed.test", "still"),
+    );
+    let messages = sink.wait_for_messages(3, PROMPT);
+    assert_eq!(
+        verify_dkim(dns.addr, &messages[2].data),
+        [(DkimResult::Pass, "rsa".to_string())]
+    );
 }
 
 #[test]

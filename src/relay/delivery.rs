@@ -67,7 +67,8 @@ pub struct RelaySettings {
     /// Where local recipients' messages are filed.
     pub mailboxes: Arc<MailboxStore>,
     /// DKIM keys for mail that leaves; None when none is configured.
-    pub dkim: Option<Arc<DkimSigners>>,
+    /// Replaced by a configuration reload (`Relay::reload`).
+    pub dkim: RefCell<Option<Arc<DkimSigners>>>,
 }
 
 /// A group of recipients of one message that share one transaction.
@@ -179,11 +180,17 @@ impl<C: Connector + 'static> Relay<C> {
         }
     }
 
-    /// New routes and retry times from a configuration reload; attempts
-    /// under way finish with the ones they started with.
-    pub fn reload(&self, routes: Rc<RouteTable>, retry: RetryPolicy) {
+    /// New routes, retry times and DKIM keys from a configuration reload;
+    /// attempts under way finish with the ones they started with.
+    pub fn reload(
+        &self,
+        routes: Rc<RouteTable>,
+        retry: RetryPolicy,
+        dkim: Option<Arc<DkimSigners>>,
+    ) {
         *self.settings.routes.borrow_mut() = routes;
         self.settings.retry.set(retry);
+        *self.settings.dkim.borrow_mut() = dkim;
     }
 
     /// Start attempts as messages fall due, until shutdown.
@@ -274,7 +281,8 @@ impl<C: Connector + 'static> Relay<C> {
         let mut outcomes = self.deliver_local(&view, &trace, &local).await;
         // Signed once per attempt, for every group: the signature goes
         // under the trace, which no signature covers.
-        let trace = match (&self.settings.dkim, groups.is_empty()) {
+        let dkim = self.settings.dkim.borrow().clone();
+        let trace = match (dkim, groups.is_empty()) {
             (Some(signers), false) => match signers.signature_fields(&view.envelope, view.data()) {
                 Some(signature) => Rc::new([trace.as_slice(), &signature].concat()),
                 None => trace,

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, IoMode, RelaySection, Source};
-use crate::mailauth::{DkimSigners, InboundAuth, InboundSettings, RejectPolicy};
+use crate::mailauth::InboundAuth;
 use crate::mailbox::MailboxStore;
 use crate::queue::hold::HoldList;
 use crate::queue::scheduler::Scheduler;
@@ -43,7 +43,6 @@ use crate::relay::dns::{DnsConfig, MxResolver};
 use crate::relay::pool::ConnectionPool;
 use crate::relay::recipient_check::RecipientCheck;
 use crate::relay::routing::RouteTable;
-use crate::smtp::RelayAccess;
 use crate::spool::SpoolWriter;
 use crate::spool::{QueueId, RecipientState, Spool, SpoolConfig, SpoolError};
 use crate::users::UsersHandle;
@@ -549,10 +548,6 @@ struct RelayParts {
     tls_verified: Option<Arc<rustls::ClientConfig>>,
     users: UsersHandle,
     mailboxes: Arc<MailboxStore>,
-    /// Checks of inbound mail; None when `[mail_auth]` verifies nothing.
-    inbound_auth: Option<InboundSettings>,
-    /// DKIM keys of outbound mail; None without `[[mail_auth.signing]]`.
-    dkim: Option<Arc<DkimSigners>>,
 }
 
 impl RelayParts {
@@ -599,8 +594,6 @@ impl RelayParts {
                 message: e.to_string(),
             })?,
             mailboxes: Arc::clone(mailboxes),
-            inbound_auth: inbound_auth_settings(config),
-            dkim: dkim_signers(config)?,
         })
     }
 
@@ -617,38 +610,6 @@ impl RelayParts {
             admin,
         }
     }
-}
-
-/// What `[mail_auth]` asks of inbound mail, or None when it verifies nothing.
-fn inbound_auth_settings(config: &Config) -> Option<InboundSettings> {
-    let auth = &config.mail_auth;
-    (auth.verify_spf || auth.verify_dkim).then(|| InboundSettings {
-        verify_spf: auth.verify_spf,
-        verify_dkim: auth.verify_dkim,
-        verify_dmarc: auth.verify_dmarc,
-        reject: RejectPolicy {
-            spf_fail: auth.spf_reject_fail,
-            dmarc_reject: auth.dmarc_reject,
-        },
-        authserv_id: config.authserv_id(),
-        hostname: config.hostname(),
-        check_timeout: auth.check_timeout,
-        access: mynetworks_access(config),
-    })
-}
-
-/// The DKIM keys, loaded once here, or None when none is configured.
-fn dkim_signers(config: &Config) -> Result<Option<Arc<DkimSigners>>, StartError> {
-    if config.mail_auth.signing.is_empty() {
-        return Ok(None);
-    }
-    let signers = DkimSigners::load(&config.mail_auth.signing, mynetworks_access(config))?;
-    Ok(Some(Arc::new(signers)))
-}
-
-/// Who is trusted for mail authentication: `[relay] mynetworks`.
-fn mynetworks_access(config: &Config) -> RelayAccess {
-    RelayAccess::new(&config.relay.mynetworks, &[], &[])
 }
 
 fn addrs_of(bound: &[BoundAddress], kind: ListenerKind) -> Vec<SocketAddr> {
@@ -710,8 +671,6 @@ struct CoreParts {
     imap_stores: Rc<ImapStores>,
     /// Failed AUTH by client network: kept across reloads.
     auth_throttle: Rc<RefCell<AuthThrottle>>,
-    /// SPF/DKIM/DMARC checks of inbound mail (`[mail_auth]`), if any.
-    mail_auth: Option<Rc<InboundAuth>>,
 }
 
 impl CoreParts {
@@ -741,7 +700,12 @@ impl CoreParts {
                 routes,
                 self.users.clone(),
             )),
-            mail_auth: self.mail_auth.clone(),
+            // Built per context: a reload brings new settings, and the
+            // lookup cache starts afresh with them.
+            mail_auth: live
+                .inbound_auth
+                .clone()
+                .map(|settings| Rc::new(InboundAuth::new(self.resolver.resolver(), settings))),
         })
     }
 }
@@ -810,7 +774,7 @@ where
             tls_verified: parts.tls_verified,
             users: parts.users.clone(),
             mailboxes: Arc::clone(&parts.mailboxes),
-            dkim: parts.dkim.clone(),
+            dkim: RefCell::new(live.dkim.clone()),
         },
         Rc::clone(&scheduler),
         Arc::clone(&spool),
@@ -833,9 +797,6 @@ where
         Rc::clone(&scheduler),
         Rc::clone(&delivery),
     ));
-    let mail_auth = parts
-        .inbound_auth
-        .map(|settings| Rc::new(InboundAuth::new(resolver.resolver(), settings)));
     let core_parts = CoreParts {
         core,
         writer: Rc::clone(&writer),
@@ -843,7 +804,6 @@ where
         resolver,
         users: parts.users.clone(),
         auth_throttle: Rc::new(RefCell::new(AuthThrottle::default())),
-        mail_auth,
         pop3_stores: Rc::new(Pop3Stores {
             users: parts.users.clone(),
             mailboxes: Arc::clone(&parts.mailboxes),
@@ -921,7 +881,7 @@ async fn apply_reloads<C: Connector + 'static>(
         let live = &reload.settings;
         let routes = Rc::new(live.routes.clone());
         *ctx.borrow_mut() = parts.context(live, Rc::clone(&routes));
-        delivery.reload(routes, live.retry);
+        delivery.reload(routes, live.retry, live.dkim.clone());
         parts.scheduler.set_hold(live.hold);
         let _ = reload.done.send(());
     }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::config::{Config, OutboundTls, RelaySection};
 use crate::imap::ImapConfig;
 use crate::limits::SessionLimits;
+use crate::mailauth::{DkimSigners, InboundSettings, RejectPolicy};
 use crate::pop3::Pop3Config;
 use crate::queue::retry::RetryPolicy;
 use crate::relay::routing::RouteTable;
@@ -31,7 +32,7 @@ use super::StartError;
 /// Settings a reload replaces ("[section] key", a whole table for routes;
 /// `[log] level` is applied by the binary, which owns the logger). Any
 /// other change is logged as needing a restart.
-pub const LIVE_KEYS: [&str; 31] = [
+pub const LIVE_KEYS: [&str; 39] = [
     "[tls] cert",
     "[tls] key",
     "[smtp] max_message_size",
@@ -62,6 +63,14 @@ pub const LIVE_KEYS: [&str; 31] = [
     "[limits] data_min_rate",
     "[limits] pop3_autologout",
     "[limits] imap_autologout",
+    "[mail_auth] verify_spf",
+    "[mail_auth] verify_dkim",
+    "[mail_auth] verify_dmarc",
+    "[mail_auth] spf_reject_fail",
+    "[mail_auth] dmarc_reject",
+    "[mail_auth] authserv_id",
+    "[mail_auth] check_timeout",
+    "[mail_auth] signing",
     "[log] level",
 ];
 
@@ -77,6 +86,10 @@ pub struct LiveSettings {
     pub retry: RetryPolicy,
     pub hold: bool,
     pub admission: Arc<AdmissionConfig>,
+    /// Checks of inbound mail; None when `[mail_auth]` verifies nothing.
+    pub inbound_auth: Option<InboundSettings>,
+    /// DKIM keys of outbound mail; None without `[[mail_auth.signing]]`.
+    pub dkim: Option<Arc<DkimSigners>>,
 }
 
 /// Whether a `[relay]` table asks for verified STARTTLS anywhere.
@@ -157,8 +170,43 @@ impl LiveSettings {
             },
             hold: config.relay.hold,
             admission: Arc::new(AdmissionConfig::of(config)),
+            inbound_auth: inbound_auth_settings(config),
+            dkim: dkim_signers(config)?,
         })
     }
+}
+
+/// What `[mail_auth]` asks of inbound mail, or None when it verifies nothing.
+fn inbound_auth_settings(config: &Config) -> Option<InboundSettings> {
+    let auth = &config.mail_auth;
+    (auth.verify_spf || auth.verify_dkim).then(|| InboundSettings {
+        verify_spf: auth.verify_spf,
+        verify_dkim: auth.verify_dkim,
+        verify_dmarc: auth.verify_dmarc,
+        reject: RejectPolicy {
+            spf_fail: auth.spf_reject_fail,
+            dmarc_reject: auth.dmarc_reject,
+        },
+        authserv_id: config.authserv_id(),
+        hostname: config.hostname(),
+        check_timeout: auth.check_timeout,
+        access: mynetworks_access(config),
+    })
+}
+
+/// The DKIM keys, read from their files (again on every reload, so a
+/// rotated key is picked up), or None when none is configured.
+fn dkim_signers(config: &Config) -> Result<Option<Arc<DkimSigners>>, StartError> {
+    if config.mail_auth.signing.is_empty() {
+        return Ok(None);
+    }
+    let signers = DkimSigners::load(&config.mail_auth.signing, mynetworks_access(config))?;
+    Ok(Some(Arc::new(signers)))
+}
+
+/// Who is trusted for mail authentication: `[relay] mynetworks`.
+fn mynetworks_access(config: &Config) -> RelayAccess {
+    RelayAccess::new(&config.relay.mynetworks, &[], &[])
 }
 
 /// Every setting whose value differs between `old` and `new`, as
