@@ -344,6 +344,14 @@ impl<C: Connector + 'static> Relay<C> {
         // The user may have been removed since RCPT was accepted.
         let routes = Rc::clone(&self.settings.routes.borrow());
         let Some(user) = local_owner(&self.settings.users, &routes, &recipient.address) else {
+            if routes.is_postmaster(&recipient.address) {
+                // Accepted without an owner (RFC 5321 4.5.1): it waits for
+                // the operator to name one, and bounces only at lifetime.
+                return temporary(
+                    "no mailbox for postmaster yet: set [relay] postmaster to a user of the users file"
+                        .into(),
+                );
+            }
             return AttemptOutcome::Permanent {
                 reply: ReceivedReply::local(
                     550,

@@ -1,6 +1,6 @@
 //! The routing checks at RCPT time. A recipient in a local domain must be
 //! a known user (`550 5.1.1` otherwise, so no bounce is ever owed for a
-//! typo). For a recipient that goes by MX, the DNS lookup starts as soon as
+//! typo), except postmaster, which RFC 5321 4.5.1 says must be accepted. For a recipient that goes by MX, the DNS lookup starts as soon as
 //! RCPT is accepted (so the answer is cached when delivery starts, right
 //! after the `250` to DATA), and a domain already known to publish a null
 //! MX is refused with `556 5.1.10` (RFC 7505 3.2: a sending MTA should not
@@ -40,11 +40,18 @@ impl RecipientCheck {
 impl RecipientHook for RecipientCheck {
     fn check_recipient(&self, address: &str, domain: &str) -> Option<Reply> {
         match self.routes.hop_for(address) {
-            Hop::Local if local_owner(&self.users, &self.routes, address).is_none() => Some(Reply::new(
+            // Postmaster is always accepted (RFC 5321 4.5.1); without an
+            // owner it waits in the queue for one (see `deliver_to_mailbox`).
+            Hop::Local
+                if local_owner(&self.users, &self.routes, address).is_none()
+                    && !self.routes.is_postmaster(address) =>
+            {
+                Some(Reply::new(
                 550,
                 UNKNOWN_USER_STATUS,
-                format!("<{address}>: Recipient address rejected: User unknown in local recipient table"),
-            )),
+                    format!("<{address}>: Recipient address rejected: User unknown in local recipient table"),
+                ))
+            }
             Hop::Mx { .. } => self.check_mx(address, domain),
             Hop::Local | Hop::Static { .. } => None,
         }

@@ -103,19 +103,21 @@ impl RouteTable {
         }
     }
 
-    /// The user `[relay] postmaster` names when `recipient` is postmaster
-    /// (any case) at a local domain or without a domain: RFC 5321 4.5.1
-    /// makes that mailbox mandatory. Only a fallback: a user who owns the
-    /// address itself gets the mail.
-    pub fn postmaster_for(&self, recipient: &str) -> Option<&str> {
+    /// Whether `recipient` is postmaster (any case) at a local domain or
+    /// without a domain: the mailbox RFC 5321 4.5.1 makes mandatory.
+    pub fn is_postmaster(&self, recipient: &str) -> bool {
         let local_part = recipient
             .rsplit_once('@')
             .map_or(recipient, |(local_part, _)| local_part);
-        if local_part.eq_ignore_ascii_case("postmaster") && self.hop_for(recipient) == Hop::Local {
-            self.postmaster.as_deref()
-        } else {
-            None
-        }
+        local_part.eq_ignore_ascii_case("postmaster") && self.hop_for(recipient) == Hop::Local
+    }
+
+    /// The user `[relay] postmaster` names when `recipient` is postmaster.
+    /// Only a fallback: a user who owns the address itself gets the mail.
+    pub fn postmaster_for(&self, recipient: &str) -> Option<&str> {
+        self.postmaster
+            .as_deref()
+            .filter(|_| self.is_postmaster(recipient))
     }
 
     /// Whether recipients in `domain` are looked up in DNS (so an early
@@ -180,6 +182,8 @@ mod tests {
         let unset = table(|r| r.local_domains = vec!["local.test".into()]);
         assert_eq!(unset.postmaster_for("postmaster@local.test"), None);
         assert_eq!(unset.postmaster_for("Postmaster"), None);
+        assert!(unset.is_postmaster("Postmaster") && unset.is_postmaster("postmaster@local.test"));
+        assert!(!unset.is_postmaster("postmaster@remote.example"));
     }
 
     #[test]

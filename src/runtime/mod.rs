@@ -216,7 +216,7 @@ impl ServerHandle {
                 return Err(ReloadError::Core(core));
             }
         }
-        warn_if_postmaster_refused(&merged.config.relay, &self.users);
+        warn_if_postmaster_unowned(&merged.config.relay, &self.users);
         self.config = merged.config;
         Ok(ReloadReport {
             applied: merged.applied,
@@ -498,7 +498,7 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
             return Err(StartError::Compactor(source));
         }
     }
-    warn_if_postmaster_refused(&config.relay, &relay_parts.users);
+    warn_if_postmaster_unowned(&config.relay, &relay_parts.users);
     info!(
         cores,
         io = driver.name(),
@@ -517,19 +517,19 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
 }
 
 /// RFC 5321 4.5.1 requires accepting mail for postmaster at every local
-/// domain; says so when tern would refuse it. Not an error: the users file
-/// can gain the user later without a restart.
-fn warn_if_postmaster_refused(relay: &RelaySection, users: &UsersHandle) {
+/// domain; tern does, and says so when such mail has nowhere to go. Not an
+/// error: the users file can gain the user later without a restart.
+fn warn_if_postmaster_unowned(relay: &RelaySection, users: &UsersHandle) {
     match &relay.postmaster {
         None => warn!(
-            "[relay] postmaster is not set: mail to postmaster at the local domains gets \
-             550 5.1.1 unless a user owns that address (RFC 5321 4.5.1 requires accepting it)"
+            "[relay] postmaster is not set: mail to postmaster at the local domains waits \
+             in the queue (deferred) unless a user owns that address"
         ),
         Some(name) if users.find(name).is_none() => warn!(
             postmaster = %name,
             users_file = %users.path().display(),
-            "[relay] postmaster names no user of the users file: mail to postmaster gets \
-             550 5.1.1 until that user exists"
+            "[relay] postmaster names no user of the users file: mail to postmaster waits \
+             in the queue (deferred) until that user exists"
         ),
         Some(_) => {}
     }
