@@ -199,7 +199,8 @@ pub async fn serve<T: Transport>(
                             size,
                             client = %peer.ip(),
                             listener = kind.label(),
-                            auth = message.envelope.client.auth.as_deref().unwrap_or(""),
+                            // Left out of the line when the client did not authenticate.
+                            auth = message.envelope.client.auth.as_deref(),
                             "message accepted"
                         );
                         session.message_stored(Ok(id.to_string()));
