@@ -16,3 +16,19 @@ pub(crate) fn eventually(mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// Every string of up to `max_len` bytes over `alphabet`, shortest first:
+/// exhaustive inputs for the byte-stream codecs, whose bugs hide in short
+/// runs of the few characters that matter to them.
+pub(crate) fn every_string(alphabet: &[u8], max_len: u32) -> impl Iterator<Item = Vec<u8>> + '_ {
+    (0..=max_len).flat_map(move |len| {
+        (0..alphabet.len().pow(len)).map(move |mut n| {
+            let mut text = Vec::with_capacity(len as usize);
+            for _ in 0..len {
+                text.push(alphabet[n % alphabet.len()]);
+                n /= alphabet.len();
+            }
+            text
+        })
+    })
+}

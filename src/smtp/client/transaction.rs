@@ -584,18 +584,8 @@ pub(super) mod tests {
             out.extend_from_slice(b".\r\n");
             out
         }
-        // Every string of up to 6 symbols from an alphabet with the
-        // characters that matter.
-        let alphabet = [b'.', b'\r', b'\n', b'a'];
-        for len in 0..=6u32 {
-            for mut n in 0..alphabet.len().pow(len) {
-                let mut data = Vec::new();
-                for _ in 0..len {
-                    data.push(alphabet[n % alphabet.len()]);
-                    n /= alphabet.len();
-                }
-                assert_eq!(dot_stuff(&data), reference(&data), "{data:?}");
-            }
+        for data in crate::test_util::every_string(b".\r\na", 6) {
+            assert_eq!(dot_stuff(&data), reference(&data), "{data:?}");
         }
     }
 
