@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::dns_zone::{a, mx, soa, ZoneThread};
 use common::sink::{wait_for, Sink, SinkConfig};
-use common::{data_frame, signal, spawn_tern, RawClient};
+use common::{data_frame, signal, spawn_tern, tern_cli, RawClient};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -227,7 +227,8 @@ fn queue_age_reports_the_oldest_waiting_message() {
 }
 
 /// SIGHUP outcomes as an operator alerts on them: reloads counted by
-/// result, the last one's success, and settings waiting for a restart.
+/// result, the last one's success, and settings waiting for a restart;
+/// and the `tern queue` commands run against the server.
 #[test]
 fn reloads_are_counted_and_a_failed_one_shows() {
     let dir = tempfile::tempdir().unwrap();
@@ -275,6 +276,17 @@ fn reloads_are_counted_and_a_failed_one_shows() {
         value(&failed, "tern_config_reloads_total{result=\"ok\"}"),
         1.0
     );
+
+    // Operator commands over the admin socket are counted too (the file is
+    // whole again: the CLI reads the spool folder from it).
+    std::fs::write(&config, text).unwrap();
+    let (ok, out, err) = tern_cli(&config, &["queue", "flush"]);
+    assert!(ok, "{out}{err}");
+    let after = scrape(metrics_addr);
+    let flushes = "tern_admin_commands_total{command=\"flush\",result=\"ok\"}";
+    assert_eq!(value(&after, flushes), 1.0);
+    let bounces = "tern_admin_commands_total{command=\"bounce\",result=\"error\"}";
+    assert_eq!(value(&after, bounces), 0.0);
 }
 
 /// One core, SMTP on an ephemeral port, no retrieval listeners, metrics on

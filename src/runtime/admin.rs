@@ -58,6 +58,14 @@ pub enum Verb {
 }
 
 impl Verb {
+    const ALL: [Verb; 5] = [
+        Verb::Flush,
+        Verb::Hold,
+        Verb::Release,
+        Verb::Delete,
+        Verb::Bounce,
+    ];
+
     fn word(self) -> &'static str {
         match self {
             Verb::Flush => "flush",
@@ -186,6 +194,19 @@ pub struct AdminSocket {
     thread: Option<JoinHandle<()>>,
 }
 
+/// `tern_admin_commands_total` at zero for every command and result (a
+/// line that is no command counts as `bad`).
+fn register_metrics() {
+    for verb in Verb::ALL {
+        for result in ["ok", "error"] {
+            metrics::counter!("tern_admin_commands_total", "command" => verb.word(), "result" => result)
+                .increment(0);
+        }
+    }
+    metrics::counter!("tern_admin_commands_total", "command" => "bad", "result" => "error")
+        .increment(0);
+}
+
 impl AdminSocket {
     /// Bind `<spool_dir>/admin.sock` (replacing a stale one: the caller
     /// holds the spool lock, so no other server uses it).
@@ -195,6 +216,7 @@ impl AdminSocket {
         spool_dir: &Path,
         cores: Vec<UnboundedSender<AdminRequest>>,
     ) -> std::io::Result<AdminSocket> {
+        register_metrics();
         let path = spool_dir.join(ADMIN_SOCKET);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -252,17 +274,30 @@ fn serve(stream: UnixStream, operator: &mut Operator) -> std::io::Result<()> {
     let mut line = String::new();
     BufReader::new(std::io::Read::take(&stream, COMMAND_MAX)).read_line(&mut line)?;
     let answer = match AdminCommand::parse(&line) {
-        Err(e) => format!("error: {e}\n"),
-        Ok(command) => match operator.execute(&command) {
-            Ok(done) => {
-                info!(command = %command, result = %done, "admin command");
-                format!("ok {done}\n")
-            }
-            Err(why) => {
-                warn!(command = %command, error = %why, "admin command failed");
-                format!("error: {why}\n")
-            }
-        },
+        Err(e) => {
+            metrics::counter!("tern_admin_commands_total", "command" => "bad", "result" => "error")
+                .increment(1);
+            format!("error: {e}\n")
+        }
+        Ok(command) => {
+            let (result, answer) = match operator.execute(&command) {
+                Ok(done) => {
+                    info!(command = %command, result = %done, "admin command");
+                    ("ok", format!("ok {done}\n"))
+                }
+                Err(why) => {
+                    warn!(command = %command, error = %why, "admin command failed");
+                    ("error", format!("error: {why}\n"))
+                }
+            };
+            metrics::counter!(
+                "tern_admin_commands_total",
+                "command" => command.verb.word(),
+                "result" => result
+            )
+            .increment(1);
+            answer
+        }
     };
     (&stream).write_all(answer.as_bytes())
 }
