@@ -296,8 +296,9 @@ pub struct RelaySection {
     pub relay_domains: Vec<String>,
     /// The user (of the users file) whose INBOX gets mail for postmaster at
     /// every local domain and for the domainless `<Postmaster>`, unless a
-    /// user owns that address itself (RFC 5321 4.5.1). Unset = refused.
-    pub postmaster: Option<String>,
+    /// user owns that address itself (RFC 5321 4.5.1). While there is no
+    /// such user, that mail waits in the queue.
+    pub postmaster: String,
     /// Keep every accepted message queued until `tern queue release`.
     pub hold: bool,
     /// Next hop for all mail that has no static route: "host", "host:port",
@@ -547,7 +548,7 @@ impl Default for RelaySection {
             ],
             local_domains: vec!["localhost".to_string()],
             relay_domains: Vec::new(),
-            postmaster: None,
+            postmaster: "postmaster".to_string(),
             hold: false,
             smarthost: None,
             remote_port: 25,
@@ -869,14 +870,12 @@ impl Config {
             message,
         };
         let relay = &self.relay;
-        if let Some(name) = &relay.postmaster {
-            crate::users::check_name(name).map_err(|e| {
-                invalid(
-                    "[relay] postmaster",
-                    format!("{name:?} is not a user name: {e}"),
-                )
-            })?;
-        }
+        crate::users::check_name(&relay.postmaster).map_err(|e| {
+            invalid(
+                "[relay] postmaster",
+                format!("{:?} is not a user name: {e}", relay.postmaster),
+            )
+        })?;
         if let Some(smarthost) = &relay.smarthost {
             NextHop::parse(smarthost, relay.remote_port)
                 .map_err(|e| invalid("[relay] smarthost", e.to_string()))?;

@@ -332,15 +332,14 @@ fn check_config(path: Option<&Path>) -> Result<()> {
         .with_context(|| source.to_string())?;
     let users = tern::users::UsersHandle::open(&config.users.file)
         .with_context(|| format!("{source}: [users] file"))?;
-    if let Some(name) = &config.relay.postmaster {
-        if users.find(name).is_none() {
-            // Not an error: `tern user add` can create the user later.
-            eprintln!(
-                "{source}: warning: [relay] postmaster = {name:?} is not a user of {}: \
-                 mail to postmaster will wait in the queue until it is",
-                users.path().display()
-            );
-        }
+    let postmaster = &config.relay.postmaster;
+    if users.find(postmaster).is_none() {
+        // Not an error: `tern user add` can create the user later.
+        eprintln!(
+            "{source}: warning: [relay] postmaster = {postmaster:?} is not a user of {}: \
+             mail to postmaster will wait in the queue until it is",
+            users.path().display()
+        );
     }
     println!("{source}: ok");
     Ok(())

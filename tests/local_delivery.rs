@@ -114,7 +114,8 @@ fn postmaster_mail_is_always_accepted_and_waits_for_the_named_user() {
     let mut server = runtime::start(&config).unwrap();
     let smtp = server.smtp_addrs[0];
     // RFC 5321 4.5.1: the domainless form and postmaster at a local
-    // domain, in any case, even before [relay] postmaster names a user.
+    // domain, in any case, even though the default [relay] postmaster
+    // ("postmaster") is no user here.
     for recipient in ["<Postmaster>", "<POSTMASTER@Local.Test>"] {
         let (mut c, _) = RawClient::connect(smtp).unwrap();
         c.cmd("EHLO client.test").unwrap();
@@ -145,8 +146,8 @@ fn postmaster_mail_is_always_accepted_and_waits_for_the_named_user() {
     };
     assert!(wait_for(Duration::from_secs(10), || waiting() == 2));
 
-    // Named by a reload: the next retry files both into alice's INBOX.
-    config.relay.postmaster = Some("alice".into());
+    // alice named by a reload: the next retry files both into her INBOX.
+    config.relay.postmaster = "alice".into();
     let report = server.reload(&config, &Source::Embedded).unwrap();
     assert_eq!(report.applied, ["[relay] postmaster"]);
     wait_filed(&server.spool, 2);

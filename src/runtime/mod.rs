@@ -520,18 +520,14 @@ pub fn start(config: &Config) -> Result<ServerHandle, StartError> {
 /// domain; tern does, and says so when such mail has nowhere to go. Not an
 /// error: the users file can gain the user later without a restart.
 fn warn_if_postmaster_unowned(relay: &RelaySection, users: &UsersHandle) {
-    match &relay.postmaster {
-        None => warn!(
-            "[relay] postmaster is not set: mail to postmaster at the local domains waits \
-             in the queue (deferred) unless a user owns that address"
-        ),
-        Some(name) if users.find(name).is_none() => warn!(
-            postmaster = %name,
+    if users.find(&relay.postmaster).is_none() {
+        warn!(
+            postmaster = %relay.postmaster,
             users_file = %users.path().display(),
-            "[relay] postmaster names no user of the users file: mail to postmaster waits \
-             in the queue (deferred) until that user exists"
-        ),
-        Some(_) => {}
+            "[relay] postmaster names no user of the users file: mail to postmaster at the \
+             local domains waits in the queue (deferred) until that user exists or a user \
+             owns the address"
+        );
     }
 }
 
