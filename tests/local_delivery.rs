@@ -4,7 +4,8 @@
 //! QUIT, a session cut before QUIT deletes nothing, UIDLs survive a
 //! restart, and a deleted message lets its spool record go. Mail for
 //! postmaster is always accepted (RFC 5321 4.5.1) and reaches the
-//! `[relay] postmaster` user, waiting in the queue until there is one.
+//! `[relay] postmaster` user, waiting in the queue until there is one. A
+//! user reached by several recipients of one message gets one copy.
 //!
 //! Everything stays on 127.0.0.1; every read has a timeout.
 
@@ -167,6 +168,45 @@ fn postmaster_mail_is_always_accepted_and_waits_for_the_named_user() {
         ]
     );
     pop.cmd("QUIT");
+    server.shutdown();
+}
+
+#[test]
+fn a_user_reached_by_several_recipients_gets_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = local_mail_config(dir.path());
+    config.relay.postmaster = "alice".into();
+    let server = runtime::start(&config).unwrap();
+    let (mut c, _) = RawClient::connect(server.smtp_addrs[0]).unwrap();
+    c.cmd("EHLO client.test").unwrap();
+    assert_eq!(c.cmd("MAIL FROM:<bob@example.org>").unwrap().code, 250);
+    for recipient in ["<alice@local.test>", "<Postmaster>", "<ALICE@local.test>"] {
+        assert_eq!(c.cmd(&format!("RCPT TO:{recipient}")).unwrap().code, 250);
+    }
+    assert_eq!(c.cmd("DATA").unwrap().code, 354);
+    c.send(&data_frame(b"Subject: once\r\n\r\nhello\r\n"))
+        .unwrap();
+    assert_eq!(c.read_reply().unwrap().code, 250);
+    c.cmd("QUIT").unwrap();
+
+    let states = || server.spool.queued().first().map(|m| m.states.clone());
+    assert!(wait_for(Duration::from_secs(10), || {
+        states()
+            == Some(vec![
+                RecipientState::InMailbox,
+                RecipientState::Delivered,
+                RecipientState::Delivered,
+            ])
+    }));
+    let mut pop = Pop3::login(server.pop3_addrs[0]);
+    assert!(pop.cmd("STAT").starts_with("+OK 1 "));
+    // Deleting the one copy lets the record go: nothing else refers to it.
+    assert!(pop.cmd("DELE 1").starts_with("+OK"));
+    assert!(pop.cmd("QUIT").starts_with("+OK"));
+    assert!(wait_for(Duration::from_secs(10), || server
+        .spool
+        .queued()
+        .is_empty()));
     server.shutdown();
 }
 

@@ -321,18 +321,29 @@ impl<C: Connector + 'static> Relay<C> {
         indexes: &[usize],
     ) -> Vec<(usize, AttemptOutcome)> {
         let mut outcomes = Vec::with_capacity(indexes.len());
+        // Users who got their copy in this attempt.
+        let mut filed: Vec<String> = Vec::new();
         for &index in indexes {
-            let outcome = self.deliver_to_mailbox(view, trace, index).await;
+            let outcome = self.deliver_to_mailbox(view, trace, index, &filed).await;
+            if let AttemptOutcome::Stored { user } = &outcome {
+                filed.push(user.clone());
+            }
             outcomes.push((index, outcome));
         }
         outcomes
     }
 
+    /// Files recipient `index` for its owner, unless the owner is in
+    /// `filed` already: a user reached by several recipients of one
+    /// message (two of their addresses, or postmaster and their own) gets
+    /// one copy, as Postfix's local delivery does, and the later
+    /// recipients count as delivered.
     async fn deliver_to_mailbox(
         &self,
         view: &MessageView,
         trace: &[u8],
         index: usize,
+        filed: &[String],
     ) -> AttemptOutcome {
         let temporary = |text: String| AttemptOutcome::Temporary {
             reply: ReceivedReply::local(451, (4, 3, 0), &text),
@@ -370,8 +381,15 @@ impl<C: Connector + 'static> Relay<C> {
         };
         let rcpt = index as u32;
         if mailboxes.holds(view.id, rcpt) {
-            // Stored before a crash cut the spool update short.
+            // Stored before a crash cut the spool update short. Checked
+            // before the duplicate rule: a held reference must stay
+            // `InMailbox`, or the record could die under it.
             return stored;
+        }
+        if filed.iter().any(|name| name == user.name()) {
+            return AttemptOutcome::Delivered {
+                host: format!("mailbox of {} (one copy for the message)", user.name()),
+            };
         }
         let mut prefix = format!("Return-Path: <{}>\r\n", view.envelope.sender).into_bytes();
         prefix.extend_from_slice(trace);
