@@ -23,7 +23,6 @@ use super::connection::{Connector, OpenError, OutboundConnection};
 use super::dns::{MxResolver, RouteError};
 use super::next_hop::{HopHost, NextHop};
 use super::pool::{Acquired, ConnectionPool, PoolKey, Pooled};
-use super::recipient_check::local_owner;
 use super::routing::{Hop, RouteTable};
 use crate::clock::now_ms;
 use crate::config::OutboundTls;
@@ -39,7 +38,7 @@ use crate::smtp::client::{
 use crate::smtp::received_header;
 use crate::smtp::reply::class_label;
 use crate::spool::{MessageView, QueueId, RecipientState, Spool, SpoolError, SpoolWriter};
-use crate::users::UsersHandle;
+use crate::users::{User, UsersHandle};
 
 mod operator;
 pub use operator::{Finish, OperatorOutcome};
@@ -69,6 +68,16 @@ pub struct RelaySettings {
     /// DKIM keys for mail that leaves; None when none is configured.
     /// Replaced by a configuration reload (`Relay::reload`).
     pub dkim: RefCell<Option<Arc<DkimSigners>>>,
+}
+
+/// The user whose INBOX gets mail for `recipient`, a local address: the
+/// user it names (an address, or the login of mail a client uploaded),
+/// else for postmaster the `[relay] postmaster` user. RCPT accepts exactly
+/// the recipients this can serve, plus postmaster without an owner yet.
+fn mailbox_owner(users: &UsersHandle, routes: &RouteTable, recipient: &str) -> Option<User> {
+    users
+        .find_login(recipient)
+        .or_else(|| users.find(routes.postmaster_for(recipient)?))
 }
 
 /// A group of recipients of one message that share one transaction.
@@ -354,7 +363,7 @@ impl<C: Connector + 'static> Relay<C> {
         };
         // The user may have been removed since RCPT was accepted.
         let routes = Rc::clone(&self.settings.routes.borrow());
-        let Some(user) = local_owner(&self.settings.users, &routes, &recipient.address) else {
+        let Some(user) = mailbox_owner(&self.settings.users, &routes, &recipient.address) else {
             if routes.is_postmaster(&recipient.address) {
                 // Accepted without an owner (RFC 5321 4.5.1): it waits for
                 // the operator to name one, and bounces only at lifetime.

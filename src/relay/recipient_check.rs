@@ -1,7 +1,8 @@
 //! The routing checks at RCPT time. A recipient in a local domain must be
 //! a known user (`550 5.1.1` otherwise, so no bounce is ever owed for a
-//! typo), except postmaster, which RFC 5321 4.5.1 says must be accepted. For a recipient that goes by MX, the DNS lookup starts as soon as
-//! RCPT is accepted (so the answer is cached when delivery starts, right
+//! typo), except postmaster, which RFC 5321 4.5.1 says must be accepted.
+//! For a recipient that goes by MX, the DNS lookup starts as soon as RCPT
+//! is accepted (so the answer is cached when delivery starts, right
 //! after the `250` to DATA), and a domain already known to publish a null
 //! MX is refused with `556 5.1.10` (RFC 7505 3.2: a sending MTA should not
 //! accept mail it cannot deliver).
@@ -14,7 +15,7 @@ use std::rc::Rc;
 use super::dns::{MxResolver, RouteError};
 use super::routing::{Hop, RouteTable};
 use crate::smtp::{EnhancedStatus, RecipientHook, Reply};
-use crate::users::{User, UsersHandle};
+use crate::users::UsersHandle;
 
 /// RFC 7505 3.2 with RFC 7504: the domain accepts no mail.
 const NULL_MX_STATUS: EnhancedStatus = EnhancedStatus::new(5, 1, 10);
@@ -40,17 +41,13 @@ impl RecipientCheck {
 impl RecipientHook for RecipientCheck {
     fn check_recipient(&self, address: &str, domain: &str) -> Option<Reply> {
         match self.routes.hop_for(address) {
-            // Postmaster is always accepted (RFC 5321 4.5.1); without an
-            // owner it waits in the queue for one (see `deliver_to_mailbox`).
+            // A user the address names, or postmaster: always accepted
+            // (RFC 5321 4.5.1), with or without an owner yet.
             Hop::Local
-                if local_owner(&self.users, &self.routes, address).is_none()
+                if self.users.find_login(address).is_none()
                     && !self.routes.is_postmaster(address) =>
             {
-                Some(Reply::new(
-                550,
-                UNKNOWN_USER_STATUS,
-                    format!("<{address}>: Recipient address rejected: User unknown in local recipient table"),
-                ))
+                Some(unknown_user(address))
             }
             Hop::Mx { .. } => self.check_mx(address, domain),
             Hop::Local | Hop::Static { .. } => None,
@@ -58,14 +55,12 @@ impl RecipientHook for RecipientCheck {
     }
 }
 
-/// The user whose INBOX gets mail for `recipient`, a local address: the
-/// user it names (an address, or the login of mail a client uploaded),
-/// else for postmaster the `[relay] postmaster` user. RCPT and delivery
-/// both ask this, so what RCPT accepts is what delivery files.
-pub fn local_owner(users: &UsersHandle, routes: &RouteTable, recipient: &str) -> Option<User> {
-    users
-        .find_login(recipient)
-        .or_else(|| users.find(routes.postmaster_for(recipient)?))
+fn unknown_user(address: &str) -> Reply {
+    Reply::new(
+        550,
+        UNKNOWN_USER_STATUS,
+        format!("<{address}>: Recipient address rejected: User unknown in local recipient table"),
+    )
 }
 
 impl RecipientCheck {

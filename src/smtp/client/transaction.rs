@@ -488,7 +488,6 @@ fn rcpt_command(recipient: &Recipient, extensions: &Extensions) -> Vec<u8> {
 fn hand_over(content: &mut Vec<u8>, out: &mut Vec<u8>) {
     if out.is_empty() {
         std::mem::swap(content, out);
-        content.clear();
     } else {
         out.append(content);
     }
